@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Sets up ExpCTR on a fresh machine: project venv (.venv) and DVC in its own tool venv (.venv-dvc).
+#
+# Why two venvs: dvc pins antlr4-python3-runtime 4.9 (via hydra-core/omegaconf) while Dagster's
+# asset-selection parser needs 4.13. DVC lives in .venv-dvc and is linked into .venv/bin, so
+# `source .venv/bin/activate` gives both `dagster` and `dvc` without sharing site-packages.
+#
+# Env: EXPCTR_TORCH_SPEC   torch requirement installed first (default torch==2.13.0, the CPU wheel here);
+#                          on a CUDA machine e.g. EXPCTR_TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+#      PYTHON              interpreter used to create the venvs (default python3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+TORCH_SPEC=${EXPCTR_TORCH_SPEC:-torch==2.13.0}
+
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip uv
+# torch first, with pip (it finds the CPU wheel on this machine's disk); uv would pull a CUDA build.
+.venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q $TORCH_SPEC
+# The rest with uv (about 6x faster); torch is already satisfied so it stays the one installed above.
+.venv/bin/uv pip install -q --python .venv/bin/python -e ".[dev]"
+
+[ -x .venv-dvc/bin/dvc ] || {
+  "$PY" -m venv .venv-dvc
+  .venv/bin/uv pip install -q --python .venv-dvc/bin/python "dvc>=3.50,<4"
+}
+ln -sf ../../.venv-dvc/bin/dvc .venv/bin/dvc
+.venv/bin/dvc --version >/dev/null
+echo "setup done: source .venv/bin/activate  (expctr, dagster, dvc on PATH)"

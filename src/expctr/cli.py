@@ -1,0 +1,66 @@
+"""`expctr <stage>`: the one command line every dvc.yaml stage calls.
+
+Each command reads params.yaml (validated), runs one stage from `expctr.stages`, writes its artifacts
+atomically and prints a short summary. Errors about data or settings are printed without a traceback
+(exit status 2) so they read as instructions, not crashes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import typer
+
+from expctr.errors import ExpCTRError
+
+app = typer.Typer(
+    help="ExpCTR pipeline stages. Each command is one DVC stage (see dvc.yaml); run them through "
+    "`dvc repro` to get caching and versioning, or directly for debugging.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+ParamsOpt = typer.Option("params.yaml", "--params", "-p", help="Parameters file (relative to --root).")
+RootOpt = typer.Option(".", "--root", help="Project root: every stage path is relative to it.")
+
+
+def _run(stage: str, root: Path, params_file: str) -> None:
+    from expctr.config import load_params
+    from expctr.paths import ProjectPaths
+
+    try:
+        root = root.resolve()
+        params = load_params(root / params_file)
+        run: Callable = importlib.import_module(f"expctr.stages.{stage}").run
+        metrics = run(params, ProjectPaths(root))
+    except ExpCTRError as exc:
+        typer.secho(f"expctr {stage.replace('_', '-')}: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
+    headline = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+    typer.echo(f"{stage}: done " + json.dumps(headline, default=str))
+
+
+@app.command("raw-data")
+def raw_data(root: Path = RootOpt, params: str = ParamsOpt) -> None:
+    """Fetch the configured dataset (sha256-checked), parse it to data/raw/*.parquet, validate with GX."""
+    _run("raw_data", root, params)
+
+
+@app.command("features")
+def features(root: Path = RootOpt, params: str = ParamsOpt) -> None:
+    """Build labels, leakage-free histories, the time split and the feature map into data/features/."""
+    _run("features", root, params)
+
+
+@app.command("ctr-model")
+def ctr_model(root: Path = RootOpt, params: str = ParamsOpt) -> None:
+    """Train popularity, LR, DeepFM, DCNv2 and DIN; write models/ctr/ and metrics/ctr.json."""
+    _run("ctr_model", root, params)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    sys.exit(app())

@@ -1,0 +1,34 @@
+"""Where each stage reads and writes, relative to the project root (the same paths dvc.yaml declares)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ProjectPaths:
+    root: Path
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "data" / "raw"
+
+    @property
+    def features(self) -> Path:
+        return self.root / "data" / "features"
+
+    @property
+    def ctr_models(self) -> Path:
+        return self.root / "models" / "ctr"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics"
+
+    def metric(self, name: str) -> Path:
+        return self.metrics / name
+
+    def cache(self, cache_dir: str) -> Path:
+        p = Path(cache_dir)
+        return p if p.is_absolute() else self.root / p
