@@ -87,7 +87,7 @@ def collect_metrics(stage: DvcStage, project_dir: Path) -> tuple[dict[str, int |
     return {k: v for k, v in leaves if k in keep}, max(0, len(leaves) - len(keep))
 
 
-def _fmt(v: int | float) -> str:
+def _fmt(v: float) -> str:
     if isinstance(v, int):
         return str(v)
     return "nan" if math.isnan(v) else f"{v:.6g}"
@@ -172,8 +172,8 @@ def evaluate_gx_result(path: Path, stage_name: str, rel: str | None = None) -> d
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(doc, Mapping):
-            raise ValueError("top level is not an object")
-    except (OSError, ValueError) as exc:
+            raise TypeError("top level is not an object")
+    except (OSError, ValueError, TypeError) as exc:
         return dg.AssetCheckResult(
             passed=False,
             description=f"{shown} is not a readable GX result JSON: {exc}",
@@ -250,7 +250,9 @@ def evaluate_gx_result(path: Path, stage_name: str, rel: str | None = None) -> d
         names = ", ".join(
             f"{r.data['table']}.{r.data['column'] or '*'} {r.data['expectation']}" for r in failed_rows[:5]
         )
-        description = f"{len(failed_rows)} of {evaluated} expectations failed" + (f": {names}" if names else "")
+        description = f"{len(failed_rows)} of {evaluated} expectations failed" + (
+            f": {names}" if names else ""
+        )
         if len(failed_rows) > 5:
             description += ", ..."
     return dg.AssetCheckResult(passed=passed, description=description, metadata=md)

@@ -208,7 +208,7 @@ def _entries(value: Any, key: str, fail) -> list[str]:
         if isinstance(item, str):
             out.append(item)
         elif isinstance(item, Mapping) and len(item) == 1:
-            (p, opts), = item.items()
+            ((p, opts),) = item.items()
             if not isinstance(p, str) or not (opts is None or isinstance(opts, Mapping)):
                 raise fail(f"{key!r} entry {item!r} must be 'path' or '{{path: {{options}}}}'")
             out.append(p)

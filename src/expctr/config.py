@@ -61,7 +61,7 @@ class CTRParams(_Strict):
     device: str = "cpu"
 
     @model_validator(mode="after")
-    def _model_is_compared(self) -> "CTRParams":
+    def _model_is_compared(self) -> CTRParams:
         if self.model not in self.compare:
             self.compare.append(self.model)
         return self

@@ -29,6 +29,7 @@ class ProjectPaths:
     def metric(self, name: str) -> Path:
         return self.metrics / name
 
-    def cache(self, cache_dir: str) -> Path:
-        p = Path(cache_dir)
+    def resolve(self, path: str) -> Path:
+        """A params.yaml path: absolute as given, relative to the project root otherwise."""
+        p = Path(path)
         return p if p.is_absolute() else self.root / p

@@ -10,12 +10,30 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
-from conftest import BIN, DAGSTER, DVC, make_dvc_repo, run, subprocess_env
+from bridge_support import BIN, DAGSTER, DVC, make_dagster_home, make_dvc_repo, run, subprocess_env
 
 from orchestration.definitions import JOB_NAME, build_definitions
 from orchestration.resources import DvcProject
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _no_dvc_analytics(monkeypatch):
+    """No DVC usage-analytics daemon from the throw-away repos."""
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+
+
+@pytest.fixture
+def dagster_home(tmp_path, monkeypatch) -> Path:
+    home = make_dagster_home(tmp_path / "dagster_home")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def dvc_repo(tmp_path) -> Path:
+    return make_dvc_repo(tmp_path / "repo")
 
 
 def test_antlr_413_in_venv_and_dvc_in_its_own_interpreter():

@@ -27,7 +27,7 @@ class CTRData:
         return len(self.labels)
 
     @classmethod
-    def from_frame(cls, df: pl.DataFrame) -> "CTRData":
+    def from_frame(cls, df: pl.DataFrame) -> CTRData:
         def arr(name: str) -> np.ndarray:
             return np.ascontiguousarray(df[name].to_numpy())
 

@@ -78,7 +78,10 @@ class DIN(nn.Module):
 MODELS: dict[str, type[nn.Module]] = {"lr": LogisticRegression, "deepfm": DeepFM, "dcnv2": DCNv2, "din": DIN}
 
 
-def build_model(name: str, fmap: FeatureMap, params: CTRParams) -> nn.Module:
+def build_model(name: str, fmap: FeatureMap, params: CTRParams, seed: int | None = None) -> nn.Module:
+    """Instantiate a model; with `seed`, its initial weights are reproducible."""
     if name not in MODELS:
         raise ValueError(f"unknown CTR model {name!r}; choose one of {sorted(MODELS)}")
+    if seed is not None:
+        torch.manual_seed(seed)
     return MODELS[name](fmap, params)

@@ -16,7 +16,7 @@ class Popularity:
         self.rates: dict[int, float] = {}
         self.prior = 0.5
 
-    def fit(self, item_idx: np.ndarray, labels: np.ndarray) -> "Popularity":
+    def fit(self, item_idx: np.ndarray, labels: np.ndarray) -> Popularity:
         df = pl.DataFrame({"item": item_idx, "label": labels.astype(np.float64)})
         self.prior = float(df["label"].mean())
         agg = df.group_by("item").agg(pl.col("label").sum().alias("clicks"), pl.len().alias("n"))

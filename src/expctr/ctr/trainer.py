@@ -27,7 +27,7 @@ def binary_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     """AUC and log-loss from scikit-learn (AUC is NaN when only one class is present)."""
     probs = np.clip(probs, 1e-7, 1 - 1e-7)
     auc = roc_auc_score(labels, probs) if len(np.unique(labels)) == 2 else math.nan
-    return {"auc": float(auc), "logloss": float(log_loss(labels, probs, labels=[0, 1])), "n": int(len(labels))}
+    return {"auc": float(auc), "logloss": float(log_loss(labels, probs, labels=[0, 1])), "n": len(labels)}
 
 
 @torch.no_grad()

@@ -45,12 +45,12 @@ class FeatureMap:
         )
 
     @classmethod
-    def from_json(cls, text: str) -> "FeatureMap":
+    def from_json(cls, text: str) -> FeatureMap:
         d = json.loads(text)
         return cls(d["vocabs"], d["history_len"], d["max_genres"], d["click_threshold"], d.get("meta", {}))
 
     @classmethod
-    def load(cls, path: str | Path) -> "FeatureMap":
+    def load(cls, path: str | Path) -> FeatureMap:
         return cls.from_json(Path(path).read_text())
 
 

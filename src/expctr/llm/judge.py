@@ -108,4 +108,4 @@ def judge_p_yes(model, tokenizer, messages_batch: Sequence[Sequence[Message]], b
     """P(Yes) per prompt = softmax over the [Yes, No] logits at the readout position (input order)."""
     yn = judge_yes_no_logits(model, tokenizer, messages_batch, batch_size=batch_size, ids=ids,
                              progress=progress)
-    return 1.0 / (1.0 + np.exp(yn[:, 1] - yn[:, 0]))
+    return np.exp(-np.logaddexp(0.0, yn[:, 1] - yn[:, 0]))  # sigmoid(yes - no), overflow-free

@@ -12,6 +12,7 @@ the target's time) is the caller's job.
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -55,14 +56,15 @@ def as_item(x: Item | Mapping[str, Any]) -> Item:
     if isinstance(genres, str):
         genres = tuple(g for g in re.split(r"[|,]", genres) if g.strip())
     year = x.get("year")
+    year = None if year is None or math.isnan(float(year)) else int(year)  # NaN: pandas' missing year
     liked = x.get("liked")
-    return Item(title=str(x.get("title") or ""), year=None if year is None else int(year),
+    return Item(title=str(x.get("title") or ""), year=year,
                 genres=tuple(str(g) for g in genres), liked=None if liked is None else bool(liked))
 
 
 def sanitize_text(text: Any, max_chars: int) -> str:
     """One safe line: control/format chars and newlines -> space, whitespace collapsed, `"` -> `'`,
-    `<`/`>` -> `‹`/`›` (so no chat control token like <|im_end|> can be spelled), capped at `max_chars`."""
+    `<`/`>` -> `‹`/`›` (no chat control token like <|im_end|> can be spelled), capped at `max_chars`."""
     s = "".join(" " if unicodedata.category(c).startswith("C") else c for c in str(text))
     s = s.replace('"', "'").replace("<", "‹").replace(">", "›")
     s = " ".join(s.split())

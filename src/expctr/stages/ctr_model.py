@@ -70,7 +70,7 @@ def run(params: Params, paths: ProjectPaths) -> dict:
                 write_json(out / "popularity.json", pop.to_dict())
                 info = {"train_seconds": round(time.perf_counter() - started, 3)}
             else:
-                model = build_model(name, fmap, p)
+                model = build_model(name, fmap, p, seed=params.seed)
                 res = fit(model, data["train"], data["valid"], p, params.seed, desc=name)
                 probs = predict(model, data["test"], p.batch_size, p.device)
                 epoch_s = [r["seconds"] for r in res.curve]
@@ -84,7 +84,7 @@ def run(params: Params, paths: ProjectPaths) -> dict:
             results[name] = {"test_auc": test["auc"], "test_logloss": test["logloss"], **info}
             rocs[name] = roc_points(test_labels, probs)
         write_json(out / "primary.json", {"model": p.model, "checkpoint": f"{p.model}.pt"})
-    metrics = {"primary": p.model, "test_rows": int(len(test_labels)),
+    metrics = {"primary": p.model, "test_rows": len(test_labels),
                "test_label_rate": float(test_labels.mean()) if len(test_labels) else 0.0,
                "models": results, "primary_test_auc": results[p.model]["test_auc"],
                "primary_test_logloss": results[p.model]["test_logloss"]}

