@@ -6,7 +6,8 @@
 # `source .venv/bin/activate` gives both `dagster` and `dvc` without sharing site-packages.
 #
 # Env: EXPCTR_TORCH_SPEC   torch requirement installed first (default torch==2.13.0, the CPU wheel here);
-#                          on a CUDA machine e.g. EXPCTR_TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+#                          on a CUDA machine PyPI's own Linux wheel of torch==2.13.0 is a CUDA build already;
+#                          extra pip options may follow the requirement to pick another build
 #      PYTHON              interpreter used to create the venvs (default python3)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -67,6 +67,70 @@ class CTRParams(_Strict):
         return self
 
 
+class LLMParams(_Strict):
+    """The base LLM (explainer policy and judge) and how it is run."""
+
+    source: str = "embedded"  # embedded SmolLM2-135M-Instruct GGUF from PyPI, or a HF causal-LM directory
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "cpu"
+    threads: int = Field(default=2, ge=1)
+    max_prompt_tokens: int = Field(default=384, ge=64)
+    max_new_tokens: int = Field(default=40, ge=4)
+    gen_batch_size: int = Field(default=8, ge=1)
+    judge_batch_size: int = Field(default=8, ge=1)
+
+
+class PairsParams(_Strict):
+    """Seeded sample sizes of (user, target) pairs the LLM stages work on, per split."""
+
+    train: int = Field(default=96, ge=2)
+    valid: int = Field(default=48, ge=2)
+    test: int = Field(default=200, ge=2)
+    balance_train: bool = True  # half clicks, half non-clicks in the RL prompts
+
+
+class RewardParams(_Strict):
+    """Reward formulas (see expctr.explainer.rewards for the exact definitions)."""
+
+    kind: Literal["logprob", "prob"] = "logprob"
+    lc_weight: float = 1.0  # LC term in the LC stage
+    ic_weight: float = 1.0  # IC term in the IC stage
+    ic_lc_weight: float = 0.5  # lambda: LC term added in the IC stage
+    consistency_weight: float = 0.0  # agreement of text-CTR with the plain ID model (IC stage)
+    format_weight: float = 1.0  # scale of the format penalty (empty, not one sentence, no verdict, copying)
+
+
+class RLParams(_Strict):
+    """GRPO on a LoRA adapter (TRL + peft). CPU profile: fp32, no gradient checkpointing."""
+
+    lora_r: int = Field(default=8, ge=1)
+    lora_alpha: int = Field(default=16, ge=1)
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    learning_rate: float = Field(default=1e-4, gt=0)
+    lc_steps: int = Field(default=6, ge=1)
+    ic_steps: int = Field(default=6, ge=1)
+    prompts_per_step: int = Field(default=2, ge=1)
+    num_generations: int = Field(default=4, ge=2)
+    max_completion_length: int = Field(default=40, ge=4)
+    temperature: float = Field(default=1.0, gt=0)
+    beta: float = Field(default=0.0, ge=0)  # KL coefficient to the reference policy
+    bf16: bool = False  # bf16 on an AVX2-only CPU is ~8x slower: GPU profile only
+    gradient_checkpointing: bool = False
+
+
+class TextCTRParams(_Strict):
+    """ExpCTR-Aug: the ID model plus a projection of the explanation embedding."""
+
+    proj_dim: int = Field(default=16, ge=1)
+    hidden: list[int] = Field(default_factory=lambda: [32])
+    max_epochs: int = Field(default=30, ge=1)
+    patience: int = Field(default=5, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    batch_size: int = Field(default=64, ge=1)
+    finetune_base: bool = False
+
+
 class Params(BaseModel):
     """The whole params.yaml; a typo in any key is an error rather than a silently ignored setting."""
 
@@ -77,6 +141,12 @@ class Params(BaseModel):
     features: FeatureParams = Field(default_factory=FeatureParams)
     validation: ValidationParams = Field(default_factory=ValidationParams)
     ctr: CTRParams = Field(default_factory=CTRParams)
+    llm: LLMParams = Field(default_factory=LLMParams)
+    pairs: PairsParams = Field(default_factory=PairsParams)
+    reward: RewardParams = Field(default_factory=RewardParams)
+    rl: RLParams = Field(default_factory=RLParams)
+    text_ctr: TextCTRParams = Field(default_factory=TextCTRParams)
+    rounds: int = Field(default=3, ge=1)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -22,6 +22,7 @@ class CTRData:
     hist_items: torch.Tensor  # (N, K) int64, history item indices, most recent last (PAD=0)
     hist_clicks: torch.Tensor  # (N, K) int64, 0 pad / 1 disliked / 2 liked
     labels: torch.Tensor  # (N,) float32
+    text: torch.Tensor | None = None  # (N, E) float32 explanation embeddings (ExpCTR-Aug), when present
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -40,8 +41,11 @@ class CTRData:
         )
 
     def take(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"fields": self.fields[idx], "genres": self.genres[idx], "hist_items": self.hist_items[idx],
-                "hist_clicks": self.hist_clicks[idx], "labels": self.labels[idx]}
+        batch = {"fields": self.fields[idx], "genres": self.genres[idx], "hist_items": self.hist_items[idx],
+                 "hist_clicks": self.hist_clicks[idx], "labels": self.labels[idx]}
+        if self.text is not None:
+            batch["text"] = self.text[idx]
+        return batch
 
     def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
         order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))

@@ -209,6 +209,7 @@ def build_features(
         "mean_history_len": {s: _mean(frames[s]["hist_len"]) for s in SPLITS},
         "vocab_size": {k: len(v) for k, v in vocabs.items()},
         "oov_item_rate_test": _mean((frames["test"]["item_idx"] == OOV).cast(pl.Float64)),
+        "oov_user_rate_test": _mean((frames["test"]["user_idx"] == OOV).cast(pl.Float64)),
         "split": split_info,
     }
     return frames, catalogue, fmap, summary

@@ -1,0 +1,354 @@
+"""Rewards: exact LC/IC formulas on hand-built inputs, each format penalty, combining, TRL's calling forms.
+
+One test runs the real judge (the prepared SmolLM2 base model in `.cache/expctr/test-base-model`, the same
+directory tests/llm uses): an explanation stating the true label must earn more LC reward than the opposite.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from expctr.config import CTRParams, RewardParams
+from expctr.ctr.models import build_model
+from expctr.ctr.text_augmented import TextAugmentedCTR
+from expctr.data.features import FeatureMap
+from expctr.explainer.rewards import (
+    CombinedReward,
+    FormatReward,
+    ICReward,
+    LCReward,
+    combine,
+    completion_text,
+    copied_ngram,
+    stage_reward,
+    stance,
+)
+from expctr.llm.prompts import explainer_messages, judge_messages
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE_DIR = REPO / ".cache" / "expctr"
+TEST_MODEL_DIR = CACHE_DIR / "test-base-model"  # shared with tests/llm/conftest.py
+THREADS = int(os.environ.get("EXPCTR_TEST_THREADS", "1"))
+
+HISTORY = [
+    {"title": "Toy Story", "year": 1995, "genres": ["Animation", "Children's", "Comedy"], "liked": True},
+    {"title": "Heat", "year": 1995, "genres": ["Action", "Crime", "Thriller"], "liked": False},
+    {"title": "Aladdin", "year": 1992, "genres": ["Animation", "Children's", "Comedy", "Musical"], "liked": True},
+]
+TARGET = {"title": "The Lion King", "year": 1994, "genres": ["Animation", "Children's", "Musical"]}
+POS = "The user will probably enjoy The Lion King because they liked animated musicals."
+NEG = "The user will probably not enjoy The Lion King because it is a children's film."
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+class TableScorer:
+    """A deterministic judge: P(Yes) looked up by the assistant turn's text; records what it was asked."""
+
+    def __init__(self, table: dict[str, float]):
+        self.table, self.seen = table, []
+
+    def __call__(self, messages_batch):
+        self.seen.extend(messages_batch)
+        return [self.table[m[-1]["content"]] for m in messages_batch]
+
+
+def readout(explanation: str) -> str:
+    return judge_messages(HISTORY, TARGET, explanation)[-1]["content"]
+
+
+def lc_kwargs(labels):
+    n = len(labels)
+    return {"history": [HISTORY] * n, "target": [TARGET] * n, "label": labels}
+
+
+# --- LC ------------------------------------------------------------------------------------------------------
+
+def test_lc_reward_is_the_judges_log_probability_of_the_true_label():
+    scorer = TableScorer({readout(POS): 0.8, readout(NEG): 0.3})
+    lc = LCReward(scorer, kind="logprob")
+    got = lc(prompts=["p"] * 4, completions=[POS, POS, NEG, NEG], **lc_kwargs([1, 0, 1, 0]))
+    assert got == pytest.approx([math.log(0.8), math.log(0.2), math.log(0.3), math.log(0.7)], abs=1e-12)
+    assert scorer.seen[0] == judge_messages(HISTORY, TARGET, POS)
+
+
+def test_lc_prob_kind_clipping_and_first_sentence_only():
+    scorer = TableScorer({readout(POS): 0.8, readout(NEG): 1.0})
+    prob = LCReward(scorer, kind="prob")
+    # the judge reads the first sentence only; labels may arrive as floats or bools
+    got = prob(prompts=["p"] * 3, completions=[POS + " Also, here is more text.", POS, NEG],
+               **lc_kwargs([1.0, False, 1]))
+    assert got == pytest.approx([0.8, 0.2, 1.0], abs=1e-12)
+    clipped = LCReward(scorer, kind="logprob")(prompts=["p"], completions=[NEG], **lc_kwargs([0]))
+    assert clipped == pytest.approx([math.log(1e-4)])  # log(1 - 1.0) clipped at log(1e-4)
+
+
+def test_lc_accepts_conversational_completions_and_trl_extras():
+    scorer = TableScorer({readout(POS): 0.8})
+    lc = LCReward(scorer)
+    logged = {}
+    conv = [[{"role": "assistant", "content": POS}], [{"role": "assistant", "content": [{"type": "text", "text": POS}]}]]
+    got = lc(prompts=[[{"role": "user", "content": "x"}]] * 2, completions=conv, completion_ids=[[1], [2]],
+             trainer_state=None, log_metric=lambda *a: None,
+             log_extra=lambda col, vals: logged.__setitem__(col, vals), **lc_kwargs([1, 1]))
+    assert got == pytest.approx([math.log(0.8)] * 2)
+    assert logged == {"lc_reward/p_yes": pytest.approx([0.8, 0.8])}
+
+
+def test_lc_errors_are_clear():
+    with pytest.raises(KeyError, match="'label'"):
+        LCReward(TableScorer({}))(prompts=["p"], completions=[POS], history=[HISTORY], target=[TARGET])
+    with pytest.raises(ValueError, match="kind"):
+        LCReward(TableScorer({}), kind="margin")
+
+
+@pytest.fixture(scope="module")
+def judge():
+    from expctr.llm.base_model import load_model, load_tokenizer, prepare_base_model
+
+    prepare_base_model(TEST_MODEL_DIR, CACHE_DIR, source="embedded", dtype="float32", threads=THREADS)
+    return load_model(TEST_MODEL_DIR, threads=THREADS), load_tokenizer(TEST_MODEL_DIR)
+
+
+def test_real_judge_rewards_an_explanation_that_states_the_true_label(judge):
+    model, tokenizer = judge
+    cases = [  # (target, label)
+        ({"title": "Aladdin and the King of Thieves", "year": 1996, "genres": ["Animation", "Children's"]}, 1),
+        ({"title": "Casino", "year": 1995, "genres": ["Drama", "Thriller"]}, 0),
+        ({"title": "Pocahontas", "year": 1995, "genres": ["Animation", "Children's", "Musical"]}, 1),
+        ({"title": "GoldenEye", "year": 1995, "genres": ["Action", "Adventure", "Thriller"]}, 0),
+    ]
+    lc = LCReward(model, tokenizer, kind="logprob", batch_size=8)
+    completions, kw = [], {"history": [], "target": [], "label": []}
+    for target, label in cases:
+        for verdict in ("will probably enjoy", "will probably not enjoy"):
+            completions.append(f"The user {verdict} {target['title']} because of its genres.")
+            kw["history"].append(HISTORY)
+            kw["target"].append(target)
+            kw["label"].append(label)
+    r = np.array(lc(prompts=["p"] * len(completions), completions=completions, **kw)).reshape(-1, 2)
+    print("\nLC rewards [enjoy, not enjoy] per pair:\n", np.round(r, 3))
+    labels = np.array([label for _, label in cases])
+    stated_true = np.where(labels == 1, r[:, 0], r[:, 1])
+    stated_false = np.where(labels == 1, r[:, 1], r[:, 0])
+    assert (stated_true > stated_false).all()
+    assert (r <= 0).all() and (r >= math.log(1e-4)).all()
+
+
+# --- IC ------------------------------------------------------------------------------------------------------
+
+K, G, E = 4, 3, 8
+
+
+def toy_fmap() -> FeatureMap:
+    vocab = lambda n, p: {f"{p}{i}": i + 2 for i in range(n)}
+    return FeatureMap({"user": vocab(5, "u"), "item": vocab(7, "i"), "gender": vocab(2, "g"), "age": vocab(3, "a"),
+                       "occupation": vocab(4, "o"), "decade": vocab(2, "d"), "genre": vocab(3, "x")}, K, G, 4.0)
+
+
+class HashEncoder:
+    """A deterministic stand-in sentence encoder; records the texts it embeds."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, texts):
+        self.seen.extend(texts)
+        out = []
+        for t in texts:
+            g = torch.Generator().manual_seed(sum(map(ord, t)) % 10_000)
+            out.append(torch.randn(E, generator=g).numpy())
+        return np.stack(out).astype(np.float32)
+
+
+IC_COLUMNS = {
+    "user_idx": [2, 3, 4], "item_idx": [5, 2, 8], "gender_idx": [2, 3, 2], "age_idx": [2, 4, 3],
+    "occupation_idx": [3, 5, 2], "decade_idx": [2, 3, 3],
+    "genre_idx": [[2, 3, 0], [4, 0, 0], [2, 0, 0]],
+    "hist_item_idx": [[0, 3, 4, 5], [0, 0, 2, 6], [7, 8, 2, 3]],
+    "hist_click": [[0, 2, 1, 2], [0, 0, 1, 1], [2, 2, 1, 2]],
+    "label": [1, 0, 1],
+}
+IC_COMPLETIONS = [POS + " Trailing text.", NEG, "The user will probably enjoy it."]
+
+
+@pytest.fixture
+def aug():
+    base = build_model("din", toy_fmap(), CTRParams(embed_dim=4, mlp_dims=[8]), seed=0)
+    model = TextAugmentedCTR(base, text_dim=E, proj_dim=3, hidden=[5])
+    with torch.no_grad():  # a known, non-zero head so the text matters
+        model.head[-1].weight.copy_(torch.tensor([[0.5, -1.0, 0.8, 0.3, -0.7]]))
+        model.head[-1].bias.fill_(0.2)
+    return model.eval()
+
+
+def independent_probs(model, encoder):
+    """p_aug and p_id computed by hand from tensors (not through the reward's batch builder)."""
+    c = IC_COLUMNS
+    batch = {
+        "fields": torch.tensor([c[k] for k in ("user_idx", "item_idx", "gender_idx", "age_idx", "occupation_idx",
+                                               "decade_idx")]).T,
+        "genres": torch.tensor(c["genre_idx"]), "hist_items": torch.tensor(c["hist_item_idx"]),
+        "hist_clicks": torch.tensor(c["hist_click"]),
+    }
+    text = torch.tensor(encoder([POS, NEG, "The user will probably enjoy it."]))
+    with torch.no_grad():
+        p_aug = torch.sigmoid(model({**batch, "text": text})).double().numpy()
+        p_id = torch.sigmoid(model.base(batch)).double().numpy()
+    return p_aug, p_id
+
+
+def test_ic_reward_is_the_aug_models_log_probability_of_the_true_label(aug):
+    enc = HashEncoder()
+    p_aug, p_id = independent_probs(aug, HashEncoder())
+    assert not np.allclose(p_aug, p_id)  # the head is live
+    y = np.array(IC_COLUMNS["label"])
+    p_true = np.where(y == 1, p_aug, 1 - p_aug)
+
+    got = ICReward(aug, enc, kind="logprob")(prompts=["p"] * 3, completions=IC_COMPLETIONS, **IC_COLUMNS)
+    assert got == pytest.approx(np.log(p_true), abs=1e-6)
+    assert enc.seen == [POS, NEG, "The user will probably enjoy it."]  # first sentences are embedded
+
+    prob = ICReward(aug, HashEncoder(), kind="prob")(prompts=["p"] * 3, completions=IC_COMPLETIONS, **IC_COLUMNS)
+    assert prob == pytest.approx(p_true, abs=1e-6)
+
+    w = 0.5
+    cons = ICReward(aug, HashEncoder(), kind="logprob", consistency_weight=w)
+    got = cons(prompts=["p"] * 3, completions=IC_COMPLETIONS, **IC_COLUMNS)
+    assert got == pytest.approx(np.log(p_true) - w * np.abs(p_aug - p_id), abs=1e-6)
+
+
+def test_ic_reward_names_missing_feature_columns(aug):
+    cols = {k: v for k, v in IC_COLUMNS.items() if k != "hist_click"}
+    with pytest.raises(KeyError, match="hist_click"):
+        ICReward(aug, HashEncoder())(prompts=["p"] * 3, completions=IC_COMPLETIONS, **cols)
+
+
+# --- format --------------------------------------------------------------------------------------------------
+
+PROMPT = explainer_messages(HISTORY, TARGET)
+PEN = FormatReward.DEFAULT_PENALTIES
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("The user will probably enjoy The Lion King because they liked Aladdin.", 1),
+    ("The user will probably not enjoy Casino, although they didn't like Heat either.", -1),
+    ("They would love it.", 1),
+    ("The user won't like this one.", -1),
+    ("The user is unlikely to enjoy this slow drama.", -1),
+    ("The user is likely to enjoy the musical numbers.", 1),
+    ("The user will dislike it.", -1),
+    ("The user’ll probably not... no: the user will not enjoy it.", -1),
+    ("The Lion King is a 1994 animated musical like Aladdin.", 0),
+    ("The user liked Toy Story and disliked Heat.", 0),
+    ("", 0),
+])
+def test_stance(text, expected):
+    assert stance(text) == expected
+
+
+@pytest.mark.parametrize(("completion", "violations"), [
+    (POS, []),
+    ("   ", ["empty"]),
+    ("...", ["empty"]),
+    (POS + " It is also a classic.", ["multi_sentence"]),
+    ("The Lion King is a 1994 animated musical about a young lion.", ["no_verdict"]),
+    ("The user will probably enjoy it: movies the user rated recently, oldest first, liked Toy Story.", ["copy"]),
+    ("The user will probably enjoy it because " + "it has songs and " * 12 + "lions.", ["too_long"]),
+    ("The Lion King is a film. Movies the user rated recently, oldest first, liked it.",
+     ["multi_sentence", "no_verdict", "copy"]),
+])
+def test_format_penalties(completion, violations):
+    fmt = FormatReward()
+    assert fmt.violations(completion, PROMPT) == violations
+    expected = sum(PEN[v] for v in violations)
+    assert fmt(prompts=[PROMPT], completions=[completion]) == [expected]
+    conv = [{"role": "assistant", "content": completion}]
+    assert fmt(prompts=[PROMPT], completions=[conv]) == [expected]
+
+
+def test_naming_items_from_the_prompt_is_not_copying():
+    # long titles and their (year; genres) are data the explanation may cite
+    title = "Dr. Strangelove or: How I Learned to Stop Worrying and Love the Bomb"
+    history = [{"title": title, "year": 1963, "genres": ["Sci-Fi", "War", "Comedy", "Drama", "Action", "Crime"],
+                "liked": True}]
+    prompt = explainer_messages(history, TARGET)
+    text = f'The user will probably enjoy it because they liked "{title}" (1963; Sci-Fi, War, Comedy, Drama, Action).'
+    assert not copied_ngram(text, prompt_as_text(prompt))
+    assert copied_ngram("In one sentence, give your verdict on whether the user will like it.", prompt_as_text(prompt))
+
+
+def prompt_as_text(messages):
+    return "\n".join(m["content"] for m in messages)
+
+
+def test_format_penalty_values_are_configurable():
+    fmt = FormatReward(penalties={"no_verdict": -3.0})
+    assert fmt(prompts=["p"], completions=["A film about lions."]) == [-3.0]
+    with pytest.raises(ValueError, match="unknown"):
+        FormatReward(penalties={"rude": -1.0})
+
+
+# --- combining and TRL plumbing ------------------------------------------------------------------------------
+
+def test_combine_weights_parts_and_logs_each_part():
+    scorer = TableScorer({readout(POS): 0.8, readout("A film about lions."): 0.5})
+    lc, fmt = LCReward(scorer), FormatReward()
+    comb = combine([(lc, 2.0), (fmt, 0.5)], name="lc_stage")
+    metrics, extras = {}, {}
+    got = comb(prompts=[PROMPT] * 2, completions=[POS, "A film about lions."], **lc_kwargs([1, 0]),
+               log_metric=lambda k, v: metrics.__setitem__(k, v),
+               log_extra=lambda k, v: extras.__setitem__(k, v))
+    lc_parts = [math.log(0.8), math.log(0.5)]
+    fmt_parts = [0.0, PEN["no_verdict"]]
+    assert got == pytest.approx([2 * a + 0.5 * b for a, b in zip(lc_parts, fmt_parts)])
+    assert comb.last_parts == {"lc_reward": pytest.approx(lc_parts), "format_reward": fmt_parts}
+    assert metrics == {"lc_stage/lc_reward": pytest.approx(np.mean(lc_parts)),
+                       "lc_stage/format_reward": pytest.approx(np.mean(fmt_parts))}
+    assert set(extras) == {"lc_stage/lc_reward", "lc_stage/format_reward", "lc_reward/p_yes"}
+
+
+def test_stage_reward_follows_reward_params_and_skips_zero_weights():
+    def never(**kwargs):
+        raise AssertionError("a zero-weight part must not be computed")
+
+    never.__name__ = "never"
+    fmt = FormatReward()
+    params = RewardParams(lc_weight=1.0, ic_weight=2.0, ic_lc_weight=0.0, format_weight=1.5)
+    ic_stage = stage_reward("ic", params, lc=never, ic=lambda prompts, completions, **kw: [1.0] * len(completions),
+                            fmt=fmt)
+    assert ic_stage.__name__ == "ic_reward"
+    assert ic_stage(prompts=["p"], completions=["A film."]) == [2.0 + 1.5 * PEN["no_verdict"]]
+    with pytest.raises(ValueError, match="no lc reward"):
+        stage_reward("lc", params, fmt=fmt)
+    with pytest.raises(ValueError, match="at least one"):
+        combine([(fmt, 0.0)])
+
+
+def test_rewards_are_plain_named_picklable_callables():
+    from trl.trainer.utils import get_callable_name
+
+    fmt = FormatReward()
+    lc = LCReward(_module_level_scorer)
+    comb = combine([(lc, 1.0), (fmt, 1.0)], name="lc_stage")
+    for fn, name in ((fmt, "format_reward"), (lc, "lc_reward"), (comb, "lc_stage")):
+        assert get_callable_name(fn) == name
+        assert not isinstance(fn, torch.nn.Module)  # TRL would treat a Module as a reward model
+        clone = pickle.loads(pickle.dumps(fn))
+        assert get_callable_name(clone) == name
+    assert isinstance(comb, CombinedReward)
+    assert completion_text([{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]) == "a"
+
+
+def _module_level_scorer(messages_batch):
+    return [0.5] * len(messages_batch)
