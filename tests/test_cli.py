@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import polars as pl
+from support import make_params, run_cli
 from typer.testing import CliRunner
 
 from expctr.cli import app
-from support import make_params, run_cli
 
 
 def test_help_lists_every_stage_with_its_purpose():

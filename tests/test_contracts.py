@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import shlex
-from pathlib import Path
 
 import yaml
+from support import REPO_ROOT
 from typer.main import get_command
 
 from expctr.cli import app
 from expctr.config import load_params
-from support import REPO_ROOT
 
 DVC = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
 PARAMS = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())

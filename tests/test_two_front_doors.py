@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from support import REPO_ROOT, TINY_SLICE, VENV_BIN, make_params
 
 GIT = ["git", "-c", "user.name=expctr-tests", "-c", "user.email=tests@expctr.invalid"]
