@@ -122,6 +122,24 @@ def lock_outs(stage: DvcStage, project_dir: Path) -> dict[str, str]:
         return {}
 
 
+def samples_table(stage: DvcStage, project_dir: Path, limit: int = 5) -> str | None:
+    """A markdown table of the `samples` list a stage's metrics JSON carries (e.g. sample explanations)."""
+    for rel in stage.metrics:
+        try:
+            data = json.loads((project_dir / rel).read_text())
+        except (OSError, ValueError):
+            continue
+        rows = data.get("samples") if isinstance(data, dict) else None
+        if not rows or not isinstance(rows, list) or not isinstance(rows[0], dict):
+            continue
+        cols = list(rows[0])
+        cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(cell(r.get(c, "")) for c in cols) + " |" for r in rows[:limit]]
+        return "\n".join(lines)
+    return None
+
+
 def materialization_metadata(stage: DvcStage, project_dir: Path) -> tuple[dict[str, Any], str | None]:
     """Metadata of one materialisation and a data version (hash of the stage's ``dvc.lock`` outs)."""
     metrics, left_out = collect_metrics(stage, project_dir)
@@ -132,6 +150,9 @@ def materialization_metadata(stage: DvcStage, project_dir: Path) -> tuple[dict[s
     md["headline_metrics"] = dg.MetadataValue.md(headline_table(stage, metrics))
     if left_out:
         md["metrics_left_out"] = dg.MetadataValue.int(left_out)
+    samples = samples_table(stage, project_dir)
+    if samples:
+        md["sample_explanations"] = dg.MetadataValue.md(samples)
     md["dvc_cmd"] = dg.MetadataValue.text(stage.cmd)
     md["dvc_outs"] = dg.MetadataValue.json(list(stage.produced))
     missing = [p for p in stage.produced if not (project_dir / p).exists()]

@@ -28,7 +28,7 @@ ParamsOpt = typer.Option("params.yaml", "--params", "-p", help="Parameters file 
 RootOpt = typer.Option(".", "--root", help="Project root: every stage path is relative to it.")
 
 
-def _run(stage: str, root: Path, params_file: str) -> None:
+def _run(stage: str, root: Path, params_file: str, **kwargs) -> None:
     from expctr.config import load_params
     from expctr.paths import ProjectPaths
 
@@ -36,7 +36,7 @@ def _run(stage: str, root: Path, params_file: str) -> None:
         root = root.resolve()
         params = load_params(root / params_file)
         run: Callable = importlib.import_module(f"expctr.stages.{stage}").run
-        metrics = run(params, ProjectPaths(root))
+        metrics = run(params, ProjectPaths(root), **kwargs)
     except ExpCTRError as exc:
         typer.secho(f"expctr {stage.replace('_', '-')}: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
@@ -60,6 +60,28 @@ def features(root: Path = RootOpt, params: str = ParamsOpt) -> None:
 def ctr_model(root: Path = RootOpt, params: str = ParamsOpt) -> None:
     """Train popularity, LR, DeepFM, DCNv2 and DIN; write models/ctr/ and metrics/ctr.json."""
     _run("ctr_model", root, params)
+
+
+@app.command("base-llm")
+def base_llm(root: Path = RootOpt, params: str = ParamsOpt) -> None:
+    """Convert the base LLM (embedded SmolLM2 GGUF, or llm.source) to safetensors in models/base_llm/."""
+    _run("base_llm", root, params)
+
+
+@app.command("llm-pairs")
+def llm_pairs(root: Path = RootOpt, params: str = ParamsOpt) -> None:
+    """Sample the (user, target) pairs the LLM stages use; score the zero-shot judge and history rules."""
+    _run("llm_pairs", root, params)
+
+
+@app.command("explainer-round")
+def explainer_round(
+    round: int = typer.Option(..., "--round", "-r", min=1, help="Which round (1..rounds in params.yaml)."),  # noqa: A002
+    root: Path = RootOpt,
+    params: str = ParamsOpt,
+) -> None:
+    """One ExpCTR round: LC-alignment RL -> explanations -> ExpCTR-Aug training -> IC-alignment RL."""
+    _run("explainer_round", root, params, round=round)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -23,6 +23,20 @@ class ProjectPaths:
         return self.root / "models" / "ctr"
 
     @property
+    def base_llm(self) -> Path:
+        return self.root / "models" / "base_llm"
+
+    @property
+    def llm_pairs(self) -> Path:
+        return self.root / "data" / "llm_pairs"
+
+    def round_dir(self, k: int) -> Path:
+        return self.root / "models" / "rounds" / f"round_{k}"
+
+    def explanations(self, k: int) -> Path:
+        return self.root / "data" / "explanations" / f"round_{k}"
+
+    @property
     def metrics(self) -> Path:
         return self.root / "metrics"
 

@@ -30,7 +30,7 @@ from expctr.explainer.rewards import (
     stage_reward,
     stance,
 )
-from expctr.llm.prompts import explainer_messages, judge_messages
+from expctr.llm.prompts import EXPLAINER_TASK, explainer_messages, judge_messages
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE_DIR = REPO / ".cache" / "expctr"
@@ -285,7 +285,8 @@ def test_naming_items_from_the_prompt_is_not_copying():
     prompt = explainer_messages(history, TARGET)
     text = f'The user will probably enjoy it because they liked "{title}" (1963; Sci-Fi, War, Comedy, Drama, Action).'
     assert not copied_ngram(text, prompt_as_text(prompt))
-    assert copied_ngram("In one sentence, give your verdict on whether the user will like it.", prompt_as_text(prompt))
+    parroted = "Sure: " + EXPLAINER_TASK.rsplit(". ", 1)[-1]  # the instruction itself, copied back
+    assert len(parroted.split()) >= 9 and copied_ngram(parroted, prompt_as_text(prompt))
 
 
 def prompt_as_text(messages):

@@ -73,13 +73,16 @@ def test_fit_history_drops_oldest_first_and_fits(tokenizer):
         kept = fit_history(tokenizer, HISTORY, TARGET, budget)
         assert kept == HISTORY[-3:]  # the 3 most recent survive; the oldest 7 were dropped
         assert len(encode_messages(tokenizer, explainer_messages(kept, TARGET))) <= budget
-    # a budget for the judge prompt (longer: question + explanation) keeps fewer items
+    # the budget applies to whichever prompt `build` renders: for the judge prompt, the kept suffix fits and
+    # one more (older) item would not
     def build(h, t):
         return judge_messages(h, t, "The user will probably enjoy it because it is animated.")
 
     kept = fit_history(tokenizer, HISTORY, TARGET, keep4, build=build)
-    assert kept == HISTORY[len(HISTORY) - len(kept):] and len(kept) <= 4
+    assert 0 < len(kept) < len(HISTORY) and kept == HISTORY[len(HISTORY) - len(kept):]
     assert len(encode_messages(tokenizer, build(kept, TARGET))) <= keep4
+    one_more = HISTORY[len(HISTORY) - len(kept) - 1:]
+    assert len(encode_messages(tokenizer, build(one_more, TARGET))) > keep4
     with pytest.raises(ValueError, match="does not fit"):
         fit_history(tokenizer, HISTORY, TARGET, 10)
 

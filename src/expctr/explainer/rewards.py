@@ -65,19 +65,30 @@ def _content_text(content: Any) -> str:
     return str(content)
 
 
-def completion_text(completion: Any) -> str:
-    """The text of one completion: a string, a message dict, or a list of messages (assistant turns)."""
+def completion_text(completion: Any, prefix: str | None = None) -> str:
+    """The text of one completion: a string, a message dict, or a list of messages (assistant turns).
+
+    With `prefix` (the dataset's `explanation_prefix`: the assistant text the policy continued, e.g.
+    "The user will probably"), the prefix is put back so the explanation reads as one sentence."""
     if isinstance(completion, str):
-        return completion
-    if isinstance(completion, Mapping):
-        return _content_text(completion.get("content"))
-    if isinstance(completion, Sequence):
+        text = completion
+    elif isinstance(completion, Mapping):
+        text = _content_text(completion.get("content"))
+    elif isinstance(completion, Sequence):
         msgs = [m for m in completion if isinstance(m, Mapping)]
-        if not msgs:
-            return "".join(str(m) for m in completion)
-        return "".join(_content_text(m.get("content")) for m in msgs
-                       if m.get("role", "assistant") == "assistant")
-    return "" if completion is None else str(completion)
+        text = ("".join(str(m) for m in completion) if not msgs else
+                "".join(_content_text(m.get("content")) for m in msgs if m.get("role", "assistant") == "assistant"))
+    else:
+        text = "" if completion is None else str(completion)
+    if prefix:
+        text = prefix + text if text[:1].isspace() or text[:1] in ".,;:!?" else f"{prefix} {text}"
+    return text
+
+
+def prefixes(kwargs: Mapping[str, Any], n: int) -> list[str | None]:
+    """The per-completion `explanation_prefix` column (None each when the dataset has no prefix)."""
+    col = kwargs.get("explanation_prefix")
+    return [None] * n if col is None else list(col)
 
 
 def prompt_text(prompt: Any) -> str:
@@ -92,9 +103,9 @@ def prompt_text(prompt: Any) -> str:
     return "" if prompt is None else str(prompt)
 
 
-def explanation_of(completion: Any) -> str:
-    """What the explainer ships for a completion: its first sentence."""
-    return first_sentence(completion_text(completion))
+def explanation_of(completion: Any, prefix: str | None = None) -> str:
+    """What the explainer ships for a completion: its first sentence (prefix put back)."""
+    return first_sentence(completion_text(completion, prefix))
 
 
 def _is_click(label: Any) -> bool:
@@ -213,9 +224,11 @@ class LCReward:
             self.scorer = JudgeScorer(judge_model, tokenizer, batch_size=batch_size)
         self.kind, self.min_prob, self.__name__ = kind, float(min_prob), name
 
-    def p_yes(self, completions: Sequence[Any], history: Sequence[Any], target: Sequence[Any]) -> np.ndarray:
-        messages = [judge_messages(list(h or []), t, explanation_of(c))
-                    for c, h, t in zip(completions, history, target, strict=True)]
+    def p_yes(self, completions: Sequence[Any], history: Sequence[Any], target: Sequence[Any],
+              prefix: Sequence[str | None] | None = None) -> np.ndarray:
+        prefix = prefix or [None] * len(completions)
+        messages = [judge_messages(list(h or []), t, explanation_of(c, pre))
+                    for c, h, t, pre in zip(completions, history, target, prefix, strict=True)]
         p = np.asarray(self.scorer(messages), dtype=np.float64).reshape(-1)
         if p.shape != (len(messages),):
             raise ValueError(f"the judge scorer returned {p.shape} scores for {len(messages)} prompts")
@@ -227,7 +240,7 @@ class LCReward:
             return []
         who = self.__name__
         history, target, labels = (_column(kwargs, c, n, who) for c in ("history", "target", "label"))
-        p = self.p_yes(completions, history, target)  # columns checked first: the judge pass is the cost
+        p = self.p_yes(completions, history, target, prefixes(kwargs, n))  # columns checked first: the judge pass is the cost
         _log_extra(kwargs, f"{who}/p_yes", p)
         return true_label_reward(p, labels, self.kind, self.min_prob).tolist()
 
@@ -263,8 +276,8 @@ class ICReward:
             return embed(self.encoder, texts, batch_size=self.embed_batch_size)
         return np.asarray(self.encoder(texts), dtype=np.float32)
 
-    def probabilities(self, completions: Sequence[Any], columns: Mapping[str, Sequence[Any]]
-                      ) -> tuple[np.ndarray, np.ndarray | None]:
+    def probabilities(self, completions: Sequence[Any], columns: Mapping[str, Sequence[Any]],
+                      prefix: Sequence[str | None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """(p_aug, p_id or None): click probabilities with and without the explanation."""
         import torch
 
@@ -272,7 +285,9 @@ class ICReward:
 
         device = next(self.model.parameters()).device
         batch = batch_from_columns(columns, device=device)
-        text = torch.as_tensor(self.embed([explanation_of(c) for c in completions]), device=device)
+        prefix = prefix or [None] * len(completions)
+        text = torch.as_tensor(self.embed([explanation_of(c, pre) for c, pre in zip(completions, prefix)]),
+                               device=device)
         self.model.eval()
         with torch.no_grad():
             p_aug = torch.sigmoid(self.model({**batch, "text": text})).double().cpu().numpy()
@@ -291,7 +306,7 @@ class ICReward:
         who = self.__name__
         columns = {c: _column(kwargs, c, n, who) for c in ID_COLUMNS}
         labels = _column(kwargs, "label", n, who)
-        p_aug, p_id = self.probabilities(completions, columns)
+        p_aug, p_id = self.probabilities(completions, columns, prefixes(kwargs, n))
         _log_extra(kwargs, f"{who}/p_aug", p_aug)
         r = true_label_reward(p_aug, labels, self.kind, self.min_prob)
         if p_id is not None:
@@ -347,9 +362,9 @@ class FormatReward:
         self.penalties = {**self.DEFAULT_PENALTIES, **(penalties or {})}
         self.copy_ngram, self.max_words, self.__name__ = int(copy_ngram), int(max_words), name
 
-    def violations(self, completion: Any, prompt: Any = "") -> list[str]:
+    def violations(self, completion: Any, prompt: Any = "", prefix: str | None = None) -> list[str]:
         """The names of the checks a completion fails (empty list = a good explanation)."""
-        text = completion_text(completion).strip()
+        text = completion_text(completion, prefix).strip()
         if not _words(text):
             return ["empty"]
         sentence = first_sentence(text)
@@ -364,13 +379,13 @@ class FormatReward:
             out.append("too_long")
         return out
 
-    def score(self, completion: Any, prompt: Any = "") -> float:
-        return float(sum(self.penalties[v] for v in self.violations(completion, prompt)))
+    def score(self, completion: Any, prompt: Any = "", prefix: str | None = None) -> float:
+        return float(sum(self.penalties[v] for v in self.violations(completion, prompt, prefix)))
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
-        return [self.score(c, p) for p, c in zip(prompts, completions)]
+        return [self.score(c, p, pre) for p, c, pre in zip(prompts, completions, prefixes(kwargs, len(prompts)))]
 
 
 # --- combining ---------------------------------------------------------------------------------------------

