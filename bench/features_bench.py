@@ -29,7 +29,7 @@ def replicate(raw: Path, dest: Path, times: int) -> int:
     dest.mkdir(parents=True)
     inter = pl.read_parquet(raw / "interactions.parquet")
     users = pl.read_parquet(raw / "users.parquet")
-    suffix = lambda df, k: df.with_columns(pl.col("user_id") + f"#{k}")  # noqa: E731
+    suffix = lambda df, k: df.with_columns(pl.col("user_id") + f"#{k}")
     pl.concat([suffix(inter, k) for k in range(times)]).write_parquet(dest / "interactions.parquet")
     pl.concat([suffix(users, k) for k in range(times)]).write_parquet(dest / "users.parquet")
     shutil.copy(raw / "items.parquet", dest / "items.parquet")

@@ -133,7 +133,7 @@ def samples_table(stage: DvcStage, project_dir: Path, limit: int = 5) -> str | N
         if not rows or not isinstance(rows, list) or not isinstance(rows[0], dict):
             continue
         cols = list(rows[0])
-        cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+        cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")
         lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(cell(r.get(c, "")) for c in cols) + " |" for r in rows[:limit]]
         return "\n".join(lines)

@@ -76,7 +76,7 @@ def llm_pairs(root: Path = RootOpt, params: str = ParamsOpt) -> None:
 
 @app.command("explainer-round")
 def explainer_round(
-    round: int = typer.Option(..., "--round", "-r", min=1, help="Which round (1..rounds in params.yaml)."),  # noqa: A002
+    round: int = typer.Option(..., "--round", "-r", min=1, help="Which round (1..rounds in params.yaml)."),
     root: Path = RootOpt,
     params: str = ParamsOpt,
 ) -> None:

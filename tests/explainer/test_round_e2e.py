@@ -13,7 +13,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 from safetensors.torch import load_file
-
 from support import REPO_ROOT, make_params, run_cli
 
 TEST_BASE_MODEL = REPO_ROOT / ".cache" / "expctr" / "test-base-model"

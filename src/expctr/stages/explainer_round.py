@@ -8,7 +8,7 @@ from expctr.explainer.rounds import run_round
 from expctr.paths import ProjectPaths
 
 
-def run(params: Params, paths: ProjectPaths, round: int = 1) -> dict:  # noqa: A002 - the project's word
+def run(params: Params, paths: ProjectPaths, round: int = 1) -> dict:
     if not 1 <= round <= params.rounds:
         raise ExpCTRError(f"round {round} is outside 1..{params.rounds} (params.yaml rounds)")
     return run_round(params, paths, round)

@@ -8,7 +8,7 @@ import polars as pl
 
 from expctr.config import Params
 from expctr.data.features import SPLITS, build_features
-from expctr.data.validation import enforce, prefetch_gx, feature_suites, run_suites
+from expctr.data.validation import enforce, feature_suites, prefetch_gx, run_suites
 from expctr.errors import ExpCTRError
 from expctr.io import atomic_path, write_json
 from expctr.paths import ProjectPaths
