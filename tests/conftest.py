@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support import SHARED_CACHE, TINY_SLICE, make_params, run_cli, write_ml1m_dat  # noqa: F401
+from support import SHARED_CACHE, TEST_THREADS, TINY_SLICE, make_params, run_cli, write_ml1m_dat
 
 
 def make_dat_project(root: Path) -> Path:
@@ -43,3 +43,43 @@ def tiny_real_project(tmp_path_factory) -> Path:
     return root
 
 
+
+
+TEST_BASE_MODEL = SHARED_CACHE / "test-base-model"
+TINY_LLM = {
+    "llm.source": str(TEST_BASE_MODEL), "llm.max_new_tokens": 12, "llm.max_prompt_tokens": 256,
+    "pairs.train": 4, "pairs.valid": 4, "pairs.test": 8,
+    "rl.lc_steps": 1, "rl.ic_steps": 1, "rl.prompts_per_step": 2, "rl.num_generations": 2,
+    "rl.max_completion_length": 12, "text_ctr.max_epochs": 2, "rounds": 2,
+    "ctr.compare": ["popularity", "din"], "ctr.max_epochs": 1,
+}
+
+
+@pytest.fixture(scope="session")
+def base_model_info() -> dict:
+    """The real embedded SmolLM2, converted ONCE into the repo's shared test cache and reused across runs."""
+    from expctr.llm.base_model import prepare_base_model
+
+    return prepare_base_model(TEST_BASE_MODEL, SHARED_CACHE, source="embedded", dtype="float32",
+                              threads=TEST_THREADS)
+
+
+@pytest.fixture(scope="session")
+def base_model_dir(base_model_info) -> Path:
+    return TEST_BASE_MODEL
+
+
+@pytest.fixture(scope="session")
+def tiny_rounds_project(tiny_real_project: Path, tmp_path_factory, base_model_dir) -> Path:
+    """The whole LLM side on the tiny real slice: ctr_model, base_llm, llm_pairs and two rounds (one RL step
+    per stage, 4/4/8 pairs). Shared by the round and report tests; copy it before changing anything."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("rounds")
+    shutil.copytree(tiny_real_project / "data", root / "data")
+    make_params(root, **TINY_SLICE, **TINY_LLM)
+    for stage in ("ctr-model", "base-llm", "llm-pairs"):
+        run_cli(root, stage)
+    for k in (1, 2):
+        run_cli(root, "explainer-round", "--round", str(k))
+    return root

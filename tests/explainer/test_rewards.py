@@ -7,13 +7,12 @@ directory tests/llm uses): an explanation stating the true label must earn more 
 from __future__ import annotations
 
 import math
-import os
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from support import TEST_THREADS as THREADS
 
 from expctr.config import CTRParams, RewardParams
 from expctr.ctr.models import build_model
@@ -31,11 +30,6 @@ from expctr.explainer.rewards import (
     stance,
 )
 from expctr.llm.prompts import EXPLAINER_TASK, explainer_messages, judge_messages
-
-REPO = Path(__file__).resolve().parents[2]
-CACHE_DIR = REPO / ".cache" / "expctr"
-TEST_MODEL_DIR = CACHE_DIR / "test-base-model"  # shared with tests/llm/conftest.py
-THREADS = int(os.environ.get("EXPCTR_TEST_THREADS", "1"))
 
 HISTORY = [
     {"title": "Toy Story", "year": 1995, "genres": ["Animation", "Children's", "Comedy"], "liked": True},
@@ -113,11 +107,10 @@ def test_lc_errors_are_clear():
 
 
 @pytest.fixture(scope="module")
-def judge():
-    from expctr.llm.base_model import load_model, load_tokenizer, prepare_base_model
+def judge(base_model_dir):
+    from expctr.llm.base_model import load_model, load_tokenizer
 
-    prepare_base_model(TEST_MODEL_DIR, CACHE_DIR, source="embedded", dtype="float32", threads=THREADS)
-    return load_model(TEST_MODEL_DIR, threads=THREADS), load_tokenizer(TEST_MODEL_DIR)
+    return load_model(base_model_dir, threads=THREADS), load_tokenizer(base_model_dir)
 
 
 def test_real_judge_rewards_an_explanation_that_states_the_true_label(judge):

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import polars as pl
 import pytest
 import torch
+from support import TEST_THREADS as THREADS
 
 from expctr.config import LLMParams, RLParams
 from expctr.errors import ExpCTRError
@@ -35,7 +35,6 @@ from expctr.explainer.rl import (
 from expctr.llm.base_model import load_model, load_tokenizer
 from expctr.llm.prompts import encode_messages
 
-THREADS = int(os.environ.get("EXPCTR_TEST_THREADS", "1"))
 MAX_PROMPT_TOKENS = 200  # below the full 10-item history's prompt: fitting must drop items
 RL = RLParams(prompts_per_step=2, num_generations=2, max_completion_length=12)
 LLM = LLMParams(threads=THREADS, max_prompt_tokens=MAX_PROMPT_TOKENS)
