@@ -1,0 +1,137 @@
+"""Benchmark: explanation throughput of ExpCTR's generation path vs plain `model.generate` at batch 1,
+one GRPO step's time, and peak memory, on the real embedded SmolLM2-135M-Instruct and real ML-1M pairs.
+
+Usage:  .venv/bin/python bench/llm_bench.py [--prompts 32] [--batch-sizes 8 16 32] [--threads 2] [--rl-steps 2]
+Needs the pipeline's `models/base_llm` and `data/llm_pairs` (`dvc repro llm_pairs`). Each phase runs in its own
+subprocess so its peak RSS is its own. Results: bench/results/llm.json.
+
+Both paths use the same explainer prompts (with the assistant prefix), greedy decoding and the same
+max_new_tokens; the plain path is what a first implementation does: one prompt at a time, `generate` until
+EOS or the token cap. Ours batches by prompt length with left padding and stops each row at its first
+sentence end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def peak_rss_gib() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+
+
+def load(threads: int, n: int):
+    import polars as pl
+    import torch
+
+    from expctr.config import load_params
+    from expctr.explainer.rl import build_prompt_dataset
+    from expctr.llm.base_model import load_model, load_tokenizer
+    from expctr.llm.prompts import EXPLANATION_PREFIX
+
+    torch.set_num_threads(threads)
+    params = load_params(ROOT / "params.yaml")
+    base = ROOT / "models" / "base_llm"
+    tok = load_tokenizer(base)
+    model = load_model(base, dtype="float32", device="cpu")
+    pairs = pl.read_parquet(ROOT / "data" / "llm_pairs" / "test.parquet").head(n)
+    ds = build_prompt_dataset(pairs, tok, params.llm.max_prompt_tokens, EXPLANATION_PREFIX)
+    return params, model, tok, ds, pairs
+
+
+def phase_plain(args) -> dict:
+    import torch
+
+    params, model, tok, ds, _ = load(args.threads, args.prompts)
+    tok.padding_side = "left"
+    started, new_tokens = time.perf_counter(), 0
+    with torch.no_grad():
+        for prompt in ds["prompt"]:
+            ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+            out = model.generate(**ids, max_new_tokens=params.llm.max_new_tokens, do_sample=False,
+                                 pad_token_id=tok.pad_token_id)
+            new_tokens += out.shape[1] - ids["input_ids"].shape[1]
+    secs = time.perf_counter() - started
+    return {"path": "plain model.generate, batch 1", "seconds": round(secs, 2), "new_tokens": int(new_tokens),
+            "explanations_per_s": round(len(ds) / secs, 3), "tokens_per_s": round(new_tokens / secs, 2),
+            "peak_rss_gib": peak_rss_gib()}
+
+
+def phase_ours(args, batch_size: int) -> dict:
+    from expctr.llm.generation import generate
+
+    params, model, tok, ds, _ = load(args.threads, args.prompts)
+    started = time.perf_counter()
+    res = generate(model, tok, ds["prompt"], max_new_tokens=params.llm.max_new_tokens, batch_size=batch_size,
+                   progress=False)
+    secs = time.perf_counter() - started
+    n_tok = sum(res.n_new_tokens)
+    return {"path": f"expctr generate, batch {batch_size}", "batch_size": batch_size, "seconds": round(secs, 2),
+            "new_tokens": int(n_tok), "explanations_per_s": round(len(ds) / secs, 3),
+            "tokens_per_s": round(n_tok / secs, 2), "share_complete": sum(res.complete) / len(res.complete),
+            "peak_rss_gib": peak_rss_gib()}
+
+
+def phase_rl(args) -> dict:
+    from expctr.explainer.rewards import FormatReward, JudgeScorer, LCReward, stage_reward
+    from expctr.explainer.rl import train_policy
+    from expctr.llm.base_model import load_model
+
+    params, model, tok, ds, _ = load(args.threads, max(args.prompts, 8))
+    judge = JudgeScorer(load_model(ROOT / "models" / "base_llm"), tok, batch_size=params.llm.judge_batch_size)
+    reward = stage_reward("lc", params.reward, lc=LCReward(judge, kind=params.reward.kind), fmt=FormatReward())
+    _, logs, summary = train_policy(model, tok, ds, [reward], None, params.rl, params.llm, args.rl_steps,
+                                    params.seed)
+    secs = [row["seconds"] for row in logs if row.get("seconds") is not None]
+    return {"path": "GRPO step (LC reward, real judge)", "steps": len(secs), "seconds_per_step": secs,
+            "mean_seconds_per_step": round(sum(secs) / len(secs), 2),
+            "completions_per_step": summary["batch"]["completions_per_step"],
+            "max_completion_length": params.rl.max_completion_length, "peak_rss_gib": peak_rss_gib()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rl-steps", type=int, default=2)
+    ap.add_argument("--phase", help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.phase:
+        fn = {"plain": lambda: phase_plain(args), "ours": lambda: phase_ours(args, args.batch),
+              "rl": lambda: phase_rl(args)}[args.phase]
+        print(json.dumps(fn()))
+        return
+    for need in ("models/base_llm", "data/llm_pairs/test.parquet"):
+        if not (ROOT / need).exists():
+            sys.exit(f"{ROOT / need} not found: run `dvc repro llm_pairs` first")
+    common = ["--prompts", str(args.prompts), "--threads", str(args.threads), "--rl-steps", str(args.rl_steps)]
+    phases = [["--phase", "plain"], *[["--phase", "ours", "--batch", str(b)] for b in args.batch_sizes],
+              ["--phase", "rl"]]
+    runs = []
+    for extra in phases:
+        out = subprocess.run([sys.executable, __file__, *common, *extra], capture_output=True, text=True,
+                             check=True, env={**os.environ, "TQDM_DISABLE": "1"})
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        print(json.dumps(row), flush=True)
+        runs.append(row)
+    plain = runs[0]["explanations_per_s"]
+    for row in runs[1:-1]:
+        row["speedup_explanations_per_s"] = round(row["explanations_per_s"] / plain, 2)
+    report = {"prompts": args.prompts, "threads": args.threads, "cpu_count": os.cpu_count(), "runs": runs}
+    (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
+    (ROOT / "bench" / "results" / "llm.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
