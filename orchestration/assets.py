@@ -1,14 +1,16 @@
 """Asset and asset-check factories: one asset per DVC stage, one blocking check per GX result file.
 
 Materialising an asset runs its stage with ``dvc repro --single-item`` (see :class:`DvcProject`) and
-records the stage's metrics files, outputs, command and ``dvc.lock`` hashes as materialisation metadata.
-Each ``meta.dagster.checks`` file (a Great Expectations result JSON written by the stage) becomes a
-blocking asset check: when it fails, downstream stages in the same run do not start.
+records the stage's metrics files, outputs, command and ``dvc.lock`` hashes as materialisation metadata;
+a stage's ``meta.dagster.markdown`` file (a Markdown summary the stage writes, e.g. the evaluation report's)
+becomes the ``summary`` entry. Each ``meta.dagster.checks`` file (a Great Expectations result JSON written by
+the stage) becomes a blocking asset check: when it fails, downstream stages in the same run do not start.
 """
 
 import hashlib
 import json
 import math
+import posixpath
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -25,6 +27,7 @@ RESOURCE_KEY = "dvc"
 MAX_METRIC_ENTRIES = 40
 MAX_HEADLINE = 10
 MAX_FAILED_ROWS = 50
+MAX_MARKDOWN_CHARS = 20_000
 
 
 class ReproConfig(dg.Config):
@@ -140,6 +143,26 @@ def samples_table(stage: DvcStage, project_dir: Path, limit: int = 5) -> str | N
     return None
 
 
+def markdown_summary(stage: DvcStage, project_dir: Path, limit: int = MAX_MARKDOWN_CHARS) -> str | None:
+    """Content of the Markdown file named by the stage's ``meta.dagster.markdown`` (relative to the stage's
+    ``wdir``); ``None`` when unset, not a string, missing or unreadable. Files over ``limit`` characters are
+    cut at the last line break before it, with a note naming the file."""
+    rel = stage.meta.get("markdown")
+    if not isinstance(rel, str) or not rel.strip():
+        return None
+    rel = posixpath.normpath(posixpath.join(stage.wdir, rel))
+    try:
+        text = (project_dir / rel).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    if len(text) <= limit:
+        return text
+    cut = text.rfind("\n", 0, limit)
+    cut = cut if cut > limit // 2 else limit
+    note = f"_… truncated: {cut:,} of {len(text):,} characters shown; full text in `{rel}`._"
+    return text[:cut].rstrip() + "\n\n" + note + "\n"
+
+
 def materialization_metadata(stage: DvcStage, project_dir: Path) -> tuple[dict[str, Any], str | None]:
     """Metadata of one materialisation and a data version (hash of the stage's ``dvc.lock`` outs)."""
     metrics, left_out = collect_metrics(stage, project_dir)
@@ -153,6 +176,9 @@ def materialization_metadata(stage: DvcStage, project_dir: Path) -> tuple[dict[s
     samples = samples_table(stage, project_dir)
     if samples:
         md["sample_explanations"] = dg.MetadataValue.md(samples)
+    summary = markdown_summary(stage, project_dir)
+    if summary is not None:
+        md["summary"] = dg.MetadataValue.md(summary)
     md["dvc_cmd"] = dg.MetadataValue.text(stage.cmd)
     md["dvc_outs"] = dg.MetadataValue.json(list(stage.produced))
     missing = [p for p in stage.produced if not (project_dir / p).exists()]

@@ -48,6 +48,7 @@ def tiny_real_project(tmp_path_factory) -> Path:
 TEST_BASE_MODEL = SHARED_CACHE / "test-base-model"
 TINY_LLM = {
     "llm.source": str(TEST_BASE_MODEL), "llm.max_new_tokens": 12, "llm.max_prompt_tokens": 256,
+    "llm.threads": TEST_THREADS,
     "pairs.train": 4, "pairs.valid": 4, "pairs.test": 8,
     "rl.lc_steps": 1, "rl.ic_steps": 1, "rl.prompts_per_step": 2, "rl.num_generations": 2,
     "rl.max_completion_length": 12, "text_ctr.max_epochs": 2, "rounds": 2,

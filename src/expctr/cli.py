@@ -84,5 +84,11 @@ def explainer_round(
     _run("explainer_round", root, params, round=round)
 
 
+@app.command("evaluation-report")
+def evaluation_report(root: Path = RootOpt, params: str = ParamsOpt) -> None:
+    """Evaluate every round on the LLM test pairs; write reports/evaluation/ and metrics/evaluation.json."""
+    _run("evaluation_report", root, params)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
