@@ -78,7 +78,7 @@ def tiny_rounds_project(tiny_real_project: Path, tmp_path_factory, base_model_di
 
     root = tmp_path_factory.mktemp("rounds")
     shutil.copytree(tiny_real_project / "data", root / "data")
-    make_params(root, **TINY_SLICE, **TINY_LLM)
+    make_params(root, **{**TINY_SLICE, **TINY_LLM})
     for stage in ("ctr-model", "base-llm", "llm-pairs"):
         run_cli(root, stage)
     for k in (1, 2):

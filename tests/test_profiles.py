@@ -6,8 +6,9 @@ import shutil
 import subprocess
 import sys
 
-from expctr.config import load_params
 from support import REPO_ROOT
+
+from expctr.config import load_params
 
 SCRIPT = REPO_ROOT / "scripts" / "profile_args.py"
 

@@ -70,7 +70,9 @@ def test_bootstrap_interval_matches_sklearn_auc_and_is_seeded():
     yb, sb = y[idx][0], s[idx][0]
     r = rankdata(sb)
     n1 = yb.sum()
-    assert (r[yb == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * (len(yb) - n1)) == pytest.approx(roc_auc_score(yb, sb))
+    assert (r[yb == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * (len(yb) - n1)) == pytest.approx(
+        roc_auc_score(yb, sb)
+    )
     assert all(math.isnan(v) for v in auc_bootstrap_ci(np.ones(5), np.arange(5.0), seed=0))
 
 

@@ -7,44 +7,19 @@ One RL step per stage, a handful of pairs: it proves the stages fit together and
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import polars as pl
-import pytest
 from safetensors.torch import load_file
-from support import REPO_ROOT, make_params, run_cli
-
-TEST_BASE_MODEL = REPO_ROOT / ".cache" / "expctr" / "test-base-model"
-
-TINY_LLM = {
-    "llm.source": str(TEST_BASE_MODEL), "llm.max_new_tokens": 12, "llm.max_prompt_tokens": 256,
-    "pairs.train": 4, "pairs.valid": 4, "pairs.test": 8,
-    "rl.lc_steps": 1, "rl.ic_steps": 1, "rl.prompts_per_step": 2, "rl.num_generations": 2,
-    "rl.max_completion_length": 12, "text_ctr.max_epochs": 2, "rounds": 2,
-    "ctr.compare": ["din"], "ctr.max_epochs": 1,
-}
+from support import run_cli
 
 
-@pytest.fixture(scope="module")
-def round_project(tiny_real_project: Path, tmp_path_factory, base_model_dir) -> Path:
-    assert Path(base_model_dir) == TEST_BASE_MODEL
-    root = tmp_path_factory.mktemp("rounds")
-    shutil.copytree(tiny_real_project / "data", root / "data")
-    params = json.loads(json.dumps(TINY_LLM))
-    make_params(root, **params, **{"data.max_users": 150, "data.cache_dir": str(REPO_ROOT / ".cache" / "expctr")})
-    for stage in ("ctr-model", "base-llm", "llm-pairs"):
-        run_cli(root, stage)
-    return root
-
-
-def test_two_rounds_write_versioned_artifacts_and_metrics(round_project: Path):
-    root = round_project
+def test_two_rounds_write_versioned_artifacts_and_metrics(tiny_rounds_project: Path):
+    root = tiny_rounds_project
     pairs = json.loads((root / "metrics" / "llm_pairs.json").read_text())
     assert pairs["pairs"] == {"train": 4, "valid": 4, "test": 8}
     assert 0 <= pairs["test_zero_shot_judge"]["auc"] <= 1
 
-    run_cli(root, "explainer-round", "--round", "1")
     r1 = root / "models" / "rounds" / "round_1"
     assert sorted(p.name for p in (r1 / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
     assert (r1 / "adapter_lc" / "adapter_model.safetensors").exists() and (r1 / "text_ctr.pt").exists()

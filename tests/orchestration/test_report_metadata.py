@@ -1,4 +1,4 @@
-"""A stage's `meta.dagster.markdown` file (e.g. the evaluation report's summary.md) becomes `summary` metadata."""
+"""A stage's `meta.dagster.markdown` file (e.g. the evaluation summary.md) becomes `summary` metadata."""
 
 from pathlib import Path
 
@@ -11,14 +11,18 @@ SUMMARY = "# ExpCTR evaluation\n\n| predictor | AUC |\n|---|---:|\n| ID-only (di
 
 
 def _stage(**dagster_meta):
-    doc = {"stages": {"evaluation_report": {
-        "cmd": "expctr evaluation-report",
-        "deps": ["metrics/round_1.json", "src/expctr/evaluation"],
-        "outs": ["reports/evaluation"],
-        "metrics": [{"metrics/evaluation.json": {"cache": False}}],
-        "plots": [{"metrics/evaluation_rounds.csv": {"cache": False}}],
-        "meta": {"dagster": dagster_meta},
-    }}}
+    doc = {
+        "stages": {
+            "evaluation_report": {
+                "cmd": "expctr evaluation-report",
+                "deps": ["metrics/round_1.json", "src/expctr/evaluation"],
+                "outs": ["reports/evaluation"],
+                "metrics": [{"metrics/evaluation.json": {"cache": False}}],
+                "plots": [{"metrics/evaluation_rounds.csv": {"cache": False}}],
+                "meta": {"dagster": dagster_meta},
+            }
+        }
+    }
     return parse_pipeline(doc).stage("evaluation_report")
 
 

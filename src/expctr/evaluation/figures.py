@@ -32,8 +32,10 @@ def round_color(k: int) -> str:
     return _ROUND_COLORS[(k - 1) % len(_ROUND_COLORS)]
 
 
-def roc_figure(labels: Sequence[int], curves: Sequence[tuple[str, np.ndarray, str, str]], title: str) -> bytes:
-    """ROC curves: `curves` = (legend label, scores, color, linestyle). Curves of one-class labels are skipped."""
+def roc_figure(
+    labels: Sequence[int], curves: Sequence[tuple[str, np.ndarray, str, str]], title: str
+) -> bytes:
+    """ROC curves; `curves` = (legend label, scores, color, linestyle); none drawn for one-class labels."""
     y = np.asarray(labels, dtype=int)
     fig = Figure(figsize=(9.6, 5.6))
     ax = fig.add_subplot()
@@ -44,7 +46,9 @@ def roc_figure(labels: Sequence[int], curves: Sequence[tuple[str, np.ndarray, st
             ax.plot(fpr, tpr, color=color, ls=ls, lw=1.6, label=label)
     else:
         ax.text(0.5, 0.5, "one class only: no ROC", ha="center", va="center")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01), title=title)
+    ax.set(
+        xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01), title=title
+    )
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7.5, frameon=False)
     ax.set_aspect("equal")
@@ -52,8 +56,14 @@ def roc_figure(labels: Sequence[int], curves: Sequence[tuple[str, np.ndarray, st
     return _png(fig)
 
 
-def round_bars(rounds: Sequence[int], series: Mapping[str, Sequence[float | None]], title: str, ylabel: str,
-               reference: Mapping[str, float | None] | None = None, ylim: tuple[float, float] = (0, 1)) -> bytes:
+def round_bars(
+    rounds: Sequence[int],
+    series: Mapping[str, Sequence[float | None]],
+    title: str,
+    ylabel: str,
+    reference: Mapping[str, float | None] | None = None,
+    ylim: tuple[float, float] = (0, 1),
+) -> bytes:
     """Grouped bars: one group per round, one bar per series; optional horizontal reference lines."""
     fig = Figure(figsize=(7.2, 4.2))
     ax = fig.add_subplot()
@@ -62,16 +72,29 @@ def round_bars(rounds: Sequence[int], series: Mapping[str, Sequence[float | None
     x = np.arange(len(rounds))
     for j, name in enumerate(names):
         vals = [np.nan if v is None else float(v) for v in series[name]]
-        bars = ax.bar(x + (j - (len(names) - 1) / 2) * width, vals, width, label=name,
-                      color=_ROUND_COLORS[j % len(_ROUND_COLORS)])
+        bars = ax.bar(
+            x + (j - (len(names) - 1) / 2) * width,
+            vals,
+            width,
+            label=name,
+            color=_ROUND_COLORS[j % len(_ROUND_COLORS)],
+        )
         for b, v in zip(bars, vals):
             if not math.isnan(v):
-                ax.annotate(f"{v:.2f}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom",
-                            fontsize=6.5, xytext=(0, 1), textcoords="offset points")
+                ax.annotate(
+                    f"{v:.2f}",
+                    (b.get_x() + b.get_width() / 2, v),
+                    ha="center",
+                    va="bottom",
+                    fontsize=6.5,
+                    xytext=(0, 1),
+                    textcoords="offset points",
+                )
     for i, (name, v) in enumerate((reference or {}).items()):
         if v is not None and not math.isnan(v):
-            ax.axhline(v, color=_BASELINE_COLORS[i % len(_BASELINE_COLORS)], ls="--", lw=1,
-                       label=f"{name} ({v:.2f})")
+            ax.axhline(
+                v, color=_BASELINE_COLORS[i % len(_BASELINE_COLORS)], ls="--", lw=1, label=f"{name} ({v:.2f})"
+            )
     ax.set_xticks(x, [f"round {k}" for k in rounds])
     ax.set(ylabel=ylabel, title=title, ylim=ylim)
     ax.legend(fontsize=7.5, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))

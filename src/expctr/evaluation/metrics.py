@@ -28,8 +28,9 @@ class Predictor:
     group: str = "baseline"
 
 
-def auc_bootstrap_ci(labels: np.ndarray, scores: np.ndarray, seed: int, n_boot: int = 1000,
-                     level: float = 0.95) -> tuple[float, float]:
+def auc_bootstrap_ci(
+    labels: np.ndarray, scores: np.ndarray, seed: int, n_boot: int = 1000, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the AUC (pairs resampled with replacement; resamples with a single
     class are dropped). NaN when the labels have one class or fewer than two resamples are usable."""
     y = np.asarray(labels, dtype=int)
@@ -49,8 +50,9 @@ def auc_bootstrap_ci(labels: np.ndarray, scores: np.ndarray, seed: int, n_boot: 
     return float(lo), float(hi)
 
 
-def predictor_rows(labels: Sequence[int], predictors: Iterable[Predictor], seed: int,
-                   n_boot: int = 1000) -> list[dict]:
+def predictor_rows(
+    labels: Sequence[int], predictors: Iterable[Predictor], seed: int, n_boot: int = 1000
+) -> list[dict]:
     """One row per predictor: AUC, its 95% bootstrap interval, log-loss (probabilities only) and n."""
     y = np.asarray(labels, dtype=int)
     rows = []
@@ -65,8 +67,18 @@ def predictor_rows(labels: Sequence[int], predictors: Iterable[Predictor], seed:
             m = binary_metrics(y, (s - s.min()) / (span + 1e-12) * 0.98 + 0.01 if len(s) else s)
             m["logloss"] = None
         lo, hi = auc_bootstrap_ci(y, s, seed, n_boot)
-        rows.append({"key": p.key, "predictor": p.label, "group": p.group, "auc": m["auc"],
-                     "auc_ci_low": lo, "auc_ci_high": hi, "logloss": m["logloss"], "n": len(y)})
+        rows.append(
+            {
+                "key": p.key,
+                "predictor": p.label,
+                "group": p.group,
+                "auc": m["auc"],
+                "auc_ci_low": lo,
+                "auc_ci_high": hi,
+                "logloss": m["logloss"],
+                "n": len(y),
+            }
+        )
     return rows
 
 
@@ -81,7 +93,7 @@ def distinct_n(texts: Iterable[str], n: int) -> float:
     grams: list[tuple[str, ...]] = []
     for t in texts:
         w = words(t)
-        grams += [tuple(w[i:i + n]) for i in range(len(w) - n + 1)]
+        grams += [tuple(w[i : i + n]) for i in range(len(w) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
