@@ -34,7 +34,9 @@ def repo(tmp_path_factory) -> tuple[Path, dict]:
     shutil.copytree(REPO_ROOT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     make_params(root, **TINY_SLICE)
     (root / ".gitignore").write_text("/data/\n/models/\n")
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+    ident = {f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER")
+             for what, value in (("NAME", "expctr-tests"), ("EMAIL", "tests@expctr.invalid"))}
+    env = {**os.environ, **ident, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
            "EXPCTR_PROJECT_DIR": str(root), "DAGSTER_HOME": str(root / ".dagster_home")}
     (root / ".dagster_home").mkdir()
     (root / ".dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
