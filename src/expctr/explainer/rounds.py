@@ -39,7 +39,7 @@ from expctr.io import atomic_path, write_json
 from expctr.llm.base_model import load_model, load_tokenizer
 from expctr.llm.encoder import embed, load_encoder
 from expctr.llm.generation import generate
-from expctr.llm.prompts import EXPLANATION_PREFIX, judge_messages
+from expctr.llm.prompts import EXPLANATION_PREFIX
 from expctr.paths import ProjectPaths
 
 ADAPTER = "adapter"  # the round's final (IC-stage) adapter
@@ -60,12 +60,6 @@ def explain(model, tokenizer, dataset, params: Params, desc: str) -> dict[str, l
     texts = [explanation_of(raw, pre) for raw, pre in zip(res.raw_texts, prefix)]
     return {"explanation": texts, "n_tokens": list(res.n_new_tokens), "complete": list(res.complete),
             "raw": list(res.raw_texts)}
-
-
-def judge_with_explanations(judge: JudgeScorer, dataset, explanations: list[str]) -> np.ndarray:
-    """P(Yes) of the frozen judge reading each explanation (same history the explainer saw)."""
-    msgs = [judge_messages(h, t, e) for h, t, e in zip(dataset["history"], dataset["target"], explanations)]
-    return judge(msgs)
 
 
 def explanation_stats(expl: dict[str, list]) -> dict[str, float]:
@@ -143,7 +137,8 @@ def run_round(params: Params, paths: ProjectPaths, k: int) -> dict[str, Any]:
         # test-pair metrics of this round's explanations
         t0 = time.perf_counter()
         test_labels = data["test"].labels.numpy().astype(int)
-        p_judge = judge_with_explanations(judge, datasets["test"], expl["test"]["explanation"])
+        # the LC reward's own judge pass (same prompts as during RL), over the greedy test explanations
+        p_judge = lc.p_yes(expl["test"]["explanation"], datasets["test"]["history"], datasets["test"]["target"])
         p_aug = ic_probability(aug, data["test"])
         p_id = predict(id_model, data["test"], 4096)
         timings["eval_s"] = time.perf_counter() - t0
