@@ -150,3 +150,25 @@ def test_an_informative_text_beats_the_id_model_on_a_real_slice(real_slice):
     print(f"\nvalid AUC: DIN {base_auc:.4f}  ExpCTR-Aug(synthetic text) {aug_auc:.4f}")
     assert aug_auc == pytest.approx(res.best_valid_auc, abs=1e-6)
     assert aug_auc > base_auc + 0.05, (base_auc, aug_auc, res.curve)
+
+
+def test_noise_text_keeps_the_id_model(real_slice):
+    """Text unrelated to the label cannot beat the ID model on validation, so epoch 0 (Aug == ID) is kept."""
+    fmap, frames = real_slice
+    data = {s: CTRData.from_frame(frames[s]) for s in frames}
+    p = CTRParams(max_epochs=2, patience=2, batch_size=512, lr=0.005, embed_dim=8, mlp_dims=[32])
+    base = build_model("din", fmap, p, seed=0)
+    fit(base, data["train"], data["valid"], p, seed=0, desc="din")
+    base_probs = predict(base, data["valid"], 4096)
+
+    rng = np.random.default_rng(1)
+    noise = {s: rng.normal(size=(len(data[s]), 384)).astype(np.float32) for s in ("train", "valid")}
+    # few rows + a high learning rate: the head memorises noise and hurts validation
+    small = CTRData(**data["train"].take(torch.arange(64)))
+    tp = TextCTRParams(proj_dim=8, hidden=[16], max_epochs=3, patience=3, lr=0.05, batch_size=8)
+    aug, res = train_text_ctr(base, with_text(small, noise["train"][:64]), with_text(data["valid"], noise["valid"]),
+                              tp, seed=0)
+    assert res.curve[0]["epoch"] == 0 and res.curve[0]["train_loss"] is None
+    print("\nnoise-text curve:", [(r["epoch"], round(r["valid_auc"], 4)) for r in res.curve])
+    assert res.best_epoch == 0, res.curve
+    np.testing.assert_allclose(ic_probability(aug, with_text(data["valid"], noise["valid"])), base_probs, atol=1e-6)

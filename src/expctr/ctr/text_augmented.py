@@ -161,14 +161,15 @@ def train_text_ctr(base: nn.Module, train: CTRData, valid: CTRData, tp: TextCTRP
                    device: str = "cpu", desc: str = "ExpCTR-Aug") -> tuple[TextAugmentedCTR, FitResult]:
     """Wrap a trained ID model, train on explained pairs (train/valid carry `.text`), early-stop on valid AUC.
 
-    The head is initialised from `seed`; the best validation-AUC epoch's weights are restored (trainer.fit).
+    The head is initialised from `seed`; the best validation-AUC epoch's weights are restored (trainer.fit),
+    and the untrained state (== the ID model) competes as epoch 0, so best_epoch 0 means "no gain".
     """
     if train.text is None or valid.text is None:
         raise ValueError("train and valid need explanation embeddings (use with_text)")
     torch.manual_seed(seed)
     model = TextAugmentedCTR(base, text_dim=train.text.shape[1], proj_dim=tp.proj_dim, hidden=tp.hidden,
                              finetune_base=tp.finetune_base)
-    result = fit(model, train, valid, fit_params(tp, device), seed=seed, desc=desc)
+    result = fit(model, train, valid, fit_params(tp, device), seed=seed, desc=desc, keep_initial=True)
     return model.eval(), result
 
 

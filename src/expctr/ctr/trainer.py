@@ -45,14 +45,25 @@ class FitResult:
     curve: list[dict] = field(default_factory=list)  # one row per epoch: epoch, train_loss, valid_auc, valid_logloss, seconds
 
 
-def fit(model: nn.Module, train: CTRData, valid: CTRData, p: CTRParams, seed: int, desc: str = "") -> FitResult:
-    """Train in place, restoring the weights of the best validation-AUC epoch before returning."""
+def fit(model: nn.Module, train: CTRData, valid: CTRData, p: CTRParams, seed: int, desc: str = "",
+        keep_initial: bool = False) -> FitResult:
+    """Train in place, restoring the weights of the best validation-AUC epoch before returning.
+
+    keep_initial: the untrained state is a candidate too (epoch 0 of the curve). Used for ExpCTR-Aug, whose
+    initial state *is* the ID model: on a few hundred explained pairs the head can only overfit, and then
+    the validation set should be able to say "the explanations did not help" and keep the ID model.
+    """
     gen = seed_everything(seed)
     model.to(p.device)
     opt = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     loss_fn = nn.BCEWithLogitsLoss()
     best_auc, best_epoch, best_state, stale = -1.0, 0, copy.deepcopy(model.state_dict()), 0
     curve: list[dict] = []
+    if keep_initial:
+        m = binary_metrics(valid.labels.numpy(), predict(model, valid, p.batch_size, p.device))
+        curve.append({"epoch": 0, "train_loss": None, "valid_auc": m["auc"], "valid_logloss": m["logloss"],
+                      "seconds": 0.0})
+        best_auc = m["auc"]
     n_batches = math.ceil(len(train) / p.batch_size)
     for epoch in range(1, p.max_epochs + 1):
         model.train()

@@ -182,6 +182,9 @@ def run_round(params: Params, paths: ProjectPaths, k: int) -> dict[str, Any]:
         "expctr_llm": binary_metrics(test_labels, p_judge),
         "expctr_aug": binary_metrics(test_labels, p_aug),
         "id_only": binary_metrics(test_labels, p_id),
+        # epoch 0 = the untrained head won on validation, i.e. Aug kept the ID model (explanations did not help)
+        "text_ctr_fit": {"best_epoch": fit_res.best_epoch, "best_valid_auc": fit_res.best_valid_auc,
+                         "curve": fit_res.curve},
         "explanations": {s: explanation_stats(expl[s]) for s in SPLITS},
         "rl": {"lc": lc_run["summary"], "ic": ic_run["summary"]},
         "reward_curves": {
