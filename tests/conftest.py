@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
+
+# The BentoML model/bento store of a test run: fresh per session, set before anything imports bentoml.
+os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="expctr-test-bentoml-")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 
 import pytest
 from support import SHARED_CACHE, TEST_THREADS, TINY_SLICE, make_params, run_cli, write_ml1m_dat

@@ -55,3 +55,15 @@ def test_readme_opens_with_the_two_commands():
     assert "bash scripts/setup.sh" in head and "dvc repro" in head
     assert ".venv/bin/python -m pytest" in head
     assert ".venv/bin/python -m pytest" in (REPO_ROOT / ".ci" / "run").read_text()
+
+
+def test_the_library_imports_no_orchestrator_or_server():
+    """src/expctr is a library: Dagster lives in orchestration/, BentoML in bento/."""
+    import re
+
+    offenders = []
+    for path in (REPO_ROOT / "src" / "expctr").rglob("*.py"):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if re.match(r"\s*(import|from)\s+(dagster|bentoml|_bentoml)", line):
+                offenders.append(f"{path.relative_to(REPO_ROOT)}:{n}: {line.strip()}")
+    assert not offenders, offenders

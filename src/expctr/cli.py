@@ -25,6 +25,7 @@ app = typer.Typer(
 )
 
 ParamsOpt = typer.Option("params.yaml", "--params", "-p", help="Parameters file (relative to --root).")
+CHECKOUT = Path(__file__).resolve().parents[2]  # the source checkout (editable install)
 RootOpt = typer.Option(".", "--root", help="Project root: every stage path is relative to it.")
 
 
@@ -88,6 +89,24 @@ def explainer_round(
 def evaluation_report(root: Path = RootOpt, params: str = ParamsOpt) -> None:
     """Evaluate every round on the LLM test pairs; write reports/evaluation/ and metrics/evaluation.json."""
     _run("evaluation_report", root, params)
+
+
+@app.command("bento")
+def bento(root: Path = RootOpt, params: str = ParamsOpt,
+          build: bool = typer.Option(True, "--build/--no-build", help="Also run `bentoml build`.")) -> None:
+    """Register the final model pair in the BentoML model store (labelled with the git commit and dvc.lock
+    hashes) and build the Bento; writes metrics/bento.json. Runs bento/package.py, so this library never
+    imports BentoML."""
+    import subprocess
+
+    root = root.resolve()
+    script = next((p for p in (root / "bento" / "package.py", CHECKOUT / "bento" / "package.py") if p.exists()), None)
+    if script is None:
+        typer.secho("expctr bento: bento/package.py not found (run from the ExpCTR checkout)", fg=typer.colors.RED,
+                    err=True)
+        raise typer.Exit(2)
+    cmd = [sys.executable, str(script), "--root", str(root), "--params", params] + ([] if build else ["--no-build"])
+    raise typer.Exit(subprocess.run(cmd, check=False).returncode)
 
 
 def main() -> None:  # pragma: no cover - console entry point

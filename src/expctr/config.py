@@ -131,6 +131,23 @@ class TextCTRParams(_Strict):
     finetune_base: bool = False
 
 
+class ServingParams(_Strict):
+    """The served model pair: request limits (bad input is a 4xx, never a crash) and batching settings."""
+
+    model_name: str = "expctr_pair"  # BentoML model store name of the packaged pair
+    bento_name: str = "expctr"
+    max_candidates: int = Field(default=200, ge=1)  # POST /predict without explanations
+    max_explain_candidates: int = Field(default=10, ge=1)  # explanations are ~1 s each on 2 cores
+    max_history: int = Field(default=50, ge=1)  # cold-start history entries accepted (the last K are used)
+    max_body_bytes: int = Field(default=65536, ge=1024)
+    explanation_cache_size: int = Field(default=4096, ge=0)
+    max_new_tokens: int = Field(default=40, ge=4)
+    gen_batch_size: int = Field(default=10, ge=1)
+    max_batch_size: int = Field(default=4096, ge=1)  # adaptive batching of CTR scoring (rows)
+    max_latency_ms: int = Field(default=2000, ge=1)  # requests predicted to wait longer get a 503: generous
+    threads: int = Field(default=2, ge=1)
+
+
 class Params(BaseModel):
     """The whole params.yaml; a typo in any key is an error rather than a silently ignored setting."""
 
@@ -147,6 +164,7 @@ class Params(BaseModel):
     rl: RLParams = Field(default_factory=RLParams)
     text_ctr: TextCTRParams = Field(default_factory=TextCTRParams)
     rounds: int = Field(default=3, ge=1)
+    serving: ServingParams = Field(default_factory=ServingParams)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

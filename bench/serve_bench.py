@@ -1,0 +1,150 @@
+"""Load benchmark of the served Bento on 127.0.0.1: latency percentiles and errors, bounded in count and time.
+
+Usage:  .venv/bin/python bench/serve_bench.py [--target expctr:latest] [--requests 1000] [--concurrency 16]
+Needs a packaged Bento (`dvc repro bento`). Starts `bentoml serve TARGET` on a free local port, waits for
+/readyz, then runs two scenarios and stops the server:
+
+- ctr:       POST /predict, a random known user and 100 random candidates, explain=false
+- explained: POST /predict, 10 candidates, explain=true, drawn from a pool of --explain-pool distinct
+             requests: the first time each is asked it is generated (cold, reported separately); repeats
+             hit the explanation cache (warm), which is how a ranking page re-asks for the same slate.
+
+Each scenario stops issuing requests after --max-seconds. Results: bench/results/serve.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import polars as pl
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(target: str, port: int, workdir: Path | None, log_path: Path) -> subprocess.Popen:
+    cmd = [str(Path(sys.executable).with_name("bentoml")), "serve", target, "--host", "127.0.0.1", "--port", str(port)]
+    if workdir:
+        cmd += ["--working-dir", str(workdir)]
+    log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> float:
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        if proc.poll() is not None:
+            raise SystemExit(f"bentoml serve exited with {proc.returncode} before becoming ready")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return time.perf_counter() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise SystemExit(f"{url} not ready after {timeout:.0f} s")
+
+
+async def run(url: str, bodies: list[dict], concurrency: int, max_seconds: float) -> dict:
+    lat, errors, statuses = [], 0, {}
+    queue = list(enumerate(bodies))
+    deadline = time.perf_counter() + max_seconds
+    async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+        async def worker():
+            nonlocal errors
+            while queue and time.perf_counter() < deadline:
+                _, body = queue.pop(0)
+                t0 = time.perf_counter()
+                try:
+                    r = await client.post("/predict", json=body)
+                    code = r.status_code
+                except httpx.HTTPError:
+                    code = "exception"
+                lat.append(time.perf_counter() - t0)
+                statuses[str(code)] = statuses.get(str(code), 0) + 1
+                if code != 200:
+                    errors += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    ms = np.array(lat) * 1000
+    pct = {f"p{q}_ms": round(float(np.percentile(ms, q)), 1) if len(ms) else None for q in (50, 95, 99)}
+    return {"requests": len(lat), "planned": len(bodies), "errors": errors, "statuses": statuses,
+            "concurrency": concurrency, "wall_s": round(wall, 2),
+            "throughput_rps": round(len(lat) / wall, 2) if wall else None, **pct,
+            "mean_ms": round(float(ms.mean()), 1) if len(ms) else None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--target", default="expctr:latest", help="Bento tag, or service.py:ExpCTR with --working-dir")
+    ap.add_argument("--working-dir", type=Path, default=None)
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--candidates", type=int, default=100)
+    ap.add_argument("--explain-candidates", type=int, default=10)
+    ap.add_argument("--explain-pool", type=int, default=8, help="distinct explained requests (cold generations)")
+    ap.add_argument("--max-seconds", type=float, default=600, help="per scenario")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
+    args = ap.parse_args()
+
+    import bentoml
+
+    model = bentoml.models.get("expctr_pair:latest")
+    users = pl.read_parquet(Path(model.path) / "users.parquet")["user_id"].to_list()
+    items = pl.read_parquet(Path(model.path) / "catalogue.parquet")["item_id"].to_list()
+    rng = random.Random(args.seed)
+    ctr = [{"user_id": rng.choice(users), "candidates": rng.sample(items, args.candidates)}
+           for _ in range(args.requests)]
+    pool = [{"user_id": rng.choice(users), "candidates": rng.sample(items, args.explain_candidates), "explain": True}
+            for _ in range(args.explain_pool)]
+    warm = [rng.choice(pool) for _ in range(args.requests)]
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = args.out.with_suffix(".server.log")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    proc = start_server(args.target, port, args.working_dir, log)
+    try:
+        ready_s = wait_ready(url, proc, timeout=600)
+        print(f"server ready in {ready_s:.1f} s at {url}")
+        res = {"target": args.target, "ready_s": round(ready_s, 1), "cpu_threads": os.cpu_count()}
+        res["ctr"] = asyncio.run(run(url, ctr, args.concurrency, args.max_seconds))
+        print("ctr      ", res["ctr"])
+        res["explained_cold"] = asyncio.run(run(url, pool, args.concurrency, args.max_seconds))
+        print("cold     ", res["explained_cold"])
+        res["explained_warm"] = asyncio.run(run(url, warm, args.concurrency, args.max_seconds))
+        print("warm     ", res["explained_warm"])
+        res["settings"] = {"candidates": args.candidates, "explain_candidates": args.explain_candidates,
+                           "explain_pool": args.explain_pool, "max_seconds": args.max_seconds}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(res, indent=2) + "\n")
+    tmp.replace(args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""ExpCTR model-pair service: a thin BentoML layer over `expctr.serving` (all logic lives there).
+
+Routes: POST /predict (rank candidates, optionally explained), POST /explain (one pair), BentoML's own
+GET /livez, /readyz (ready once the explainer is loaded), /healthz, /metrics and the OpenAPI docs at /docs.
+ID scoring goes through `score_rows`, a batchable API: concurrent /predict calls are merged by BentoML's
+adaptive batcher into one forward pass. Malformed requests never reach the endpoints: `RequestGuard`
+(an ASGI middleware) answers them with a typed 4xx body {"error": {"code", "message", "field"}}; domain
+errors (unknown ids, limits, duplicates) get the same body from the endpoints.
+
+The packaged model is `expctr_pair:latest` in the BentoML model store (override: EXPCTR_MODEL_TAG).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import anyio
+import bentoml
+import numpy as np
+from bentoml.models import BentoModel
+
+from expctr.config import ServingParams
+from expctr.serving.errors import RequestError
+from expctr.serving.predictor import ModelPair
+from expctr.serving.requests import parse_request, validate
+from expctr.serving.schemas import ExplainRequest, HistoryEntry, PredictRequest
+
+MODEL_TAG = os.environ.get("EXPCTR_MODEL_TAG", "expctr_pair:latest")
+ROUTES = {"/predict": PredictRequest, "/explain": ExplainRequest}
+
+
+def _limits() -> ServingParams:
+    """Serving limits recorded in the packaged model's manifest (defaults if it cannot be read)."""
+    try:
+        manifest = json.loads((Path(bentoml.models.get(MODEL_TAG).path) / "manifest.json").read_text())
+        return ServingParams.model_validate(manifest.get("serving", {}))
+    except Exception:  # noqa: BLE001 - the service itself reports a missing model; the guard keeps defaults
+        return ServingParams()
+
+
+LIMITS = _limits()
+
+
+async def _send_json(send, status: int, body: dict[str, Any]) -> None:
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class RequestGuard:
+    """Size, media type, UTF-8, JSON and schema checks for the JSON routes, before BentoML parses anything."""
+
+    def __init__(self, app, max_body_bytes: int = LIMITS.max_body_bytes):
+        self.app, self.max_body_bytes = app, max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        model = ROUTES.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if model is None or scope.get("method") != "POST":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        body, error = bytearray(), None
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            error = _too_large(int(declared), self.max_body_bytes)
+        else:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                if len(body) > self.max_body_bytes:
+                    error = _too_large(len(body), self.max_body_bytes)
+                    break
+                if not message.get("more_body", False):
+                    break
+        if error is None:
+            try:
+                parse_request(model, bytes(body), headers.get("content-type"), self.max_body_bytes)
+            except RequestError as exc:
+                error = exc
+        if error is not None:
+            return await _send_json(send, error.status, error.body())
+
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+def _too_large(n: int, limit: int) -> RequestError:
+    from expctr.serving.errors import PayloadTooLarge
+
+    return PayloadTooLarge(f"request body is {n} bytes; the limit is {limit}")
+
+
+def _error(ctx: bentoml.Context, exc: RequestError) -> dict[str, Any]:
+    ctx.response.status_code = exc.status
+    return exc.body()
+
+
+@bentoml.service(name="expctr", workers=1, resources={"cpu": "2"},
+                 traffic={"timeout": 300, "max_concurrency": 64})
+class ExpCTR:
+    pair_model = BentoModel(MODEL_TAG)
+
+    def __init__(self) -> None:
+        self.pair = ModelPair(self.pair_model.path, limits=LIMITS)
+        if os.environ.get("EXPCTR_LOAD_EXPLAINER", "1") != "0":
+            self.pair.load_explainer()
+
+    def __is_ready__(self) -> bool:
+        return self.pair.explainer_loaded or os.environ.get("EXPCTR_LOAD_EXPLAINER", "1") == "0"
+
+    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=LIMITS.max_batch_size,
+                 max_latency_ms=LIMITS.max_latency_ms)
+    def score_rows(self, rows: np.ndarray) -> np.ndarray:
+        """ID-model click probabilities for packed feature rows (internal; adaptive batching)."""
+        return self.pair.score_id(rows)
+
+    async def _score(self, packed: np.ndarray) -> np.ndarray:
+        proxy = getattr(self, "to_async", None)
+        if proxy is not None:
+            return np.asarray(await proxy.score_rows(packed), dtype=np.float64)
+        return await anyio.to_thread.run_sync(self.pair.score_id, packed)
+
+    @bentoml.api(route="/predict")
+    async def predict(self, candidates: list[str], user_id: str | None = None,
+                      history: list[HistoryEntry] | None = None, explain: bool = False,
+                      ctx: bentoml.Context = None) -> dict[str, Any]:
+        """Rank candidate items for a known user (`user_id`) or a cold-start `history`; `explain` adds one
+        sentence per candidate (then the probability is ExpCTR-Aug's, else the ID model's)."""
+        try:
+            req = validate(PredictRequest, {"candidates": candidates, "user_id": user_id, "explain": explain,
+                                            "history": None if history is None else [h.model_dump() for h in history]})
+            if req.explain:
+                resp = await anyio.to_thread.run_sync(self.pair.predict, req)
+            else:
+                prepared = self.pair.prepare(req)
+                resp = self.pair.respond(prepared, await self._score(prepared.packed))
+        except RequestError as exc:
+            return _error(ctx, exc)
+        return resp.model_dump()
+
+    @bentoml.api(route="/explain")
+    async def explain(self, item_id: str, user_id: str | None = None, history: list[HistoryEntry] | None = None,
+                      ctx: bentoml.Context = None) -> dict[str, Any]:
+        """One explanation and ExpCTR-Aug click probability for (user or cold-start history, item)."""
+        try:
+            req = validate(ExplainRequest, {"item_id": item_id, "user_id": user_id,
+                                            "history": None if history is None else [h.model_dump() for h in history]})
+            resp = await anyio.to_thread.run_sync(self.pair.explain, req)
+        except RequestError as exc:
+            return _error(ctx, exc)
+        return resp.model_dump()
+
+
+ExpCTR.add_asgi_middleware(RequestGuard, max_body_bytes=LIMITS.max_body_bytes)

@@ -1,0 +1,166 @@
+"""The BentoML service over HTTP, in-process (`ExpCTR.to_asgi()`): endpoints, batching, and bad input."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+JSON = {"content-type": "application/json"}
+
+
+def post(http, path, body, headers=JSON):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return http.post(path, content=data, headers=headers)
+
+
+@pytest.fixture(scope="module")
+def ids(model_pair):
+    """Real ids of the packaged tiny project (the service loads the same bundle)."""
+    users = list(model_pair.users)
+    return {"user": users[0], "other": users[1], "items": model_pair.item_ids}
+
+
+def test_health_readiness_and_openapi(http):
+    assert http.get("/livez").status_code == 200
+    assert http.get("/readyz").status_code == 200
+    spec = http.get("/docs.json").json()
+    assert {"/predict", "/explain"} <= set(spec["paths"])
+    props = json.dumps(spec["paths"]["/predict"])
+    assert "candidates" in props and "explain" in props
+
+
+def test_predict_ranks_candidates_with_versions(http, ids):
+    r = post(http, "/predict", {"user_id": ids["user"], "candidates": ids["items"][:100]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    probs = [it["p_click"] for it in body["items"]]
+    assert body["scorer"] == "id_model" and len(probs) == 100 and probs == sorted(probs, reverse=True)
+    assert set(body["versions"]) == {"model", "ctr_model", "explainer_adapter", "base_llm", "git_commit"}
+
+
+def test_explain_and_explained_predict(http, ids):
+    r = post(http, "/explain", {"user_id": ids["user"], "item_id": ids["items"][5]})
+    assert r.status_code == 200, r.text
+    item = r.json()["item"]
+    assert item["explanation"].startswith("The user will probably") and isinstance(item["faithful"], bool)
+    r = post(http, "/predict", {"user_id": ids["user"], "candidates": ids["items"][5:7], "explain": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["scorer"] == "expctr_aug" and all(it["explanation"] for it in body["items"])
+    assert next(it for it in body["items"] if it["item_id"] == ids["items"][5])["cached"] is True
+
+
+def test_concurrent_ctr_requests_all_succeed(http, ids):
+    """Concurrent /predict calls share the batchable `score_rows` (the served test checks the batcher's metric)."""
+    def one(k):
+        return post(http, "/predict", {"user_id": ids["user"], "candidates": ids["items"][k:k + 50]})
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = [r.status_code for r in pool.map(one, range(16))]
+    assert codes == [200] * 16
+
+
+def test_users_do_not_see_each_others_data(http, ids):
+    a = post(http, "/predict", {"user_id": ids["user"], "candidates": ids["items"][:20]}).json()
+    b = post(http, "/predict", {"user_id": ids["other"], "candidates": ids["items"][:20]}).json()
+    assert a["user"] == ids["user"] and b["user"] == ids["other"]
+    assert [i["p_click"] for i in a["items"]] != [i["p_click"] for i in b["items"]]
+
+
+# --------------------------------------------------------------------------------------- bad-input matrix
+U, ITEMS = "<user>", "<items>"
+
+
+def _fill(value, ids):
+    if value == U:
+        return ids["user"]
+    if isinstance(value, str) and value.startswith("<item"):
+        return ids["items"][int(value[5:-1])] if value != ITEMS else value
+    if isinstance(value, list):
+        return [_fill(v, ids) for v in value]
+    if isinstance(value, dict):
+        return {k: _fill(v, ids) for k, v in value.items()}
+    return value
+
+
+BAD = [
+    # (name, path, body (dict -> JSON, bytes raw), headers, status, code, words)
+    ("invalid json", "/predict", b'{"user_id": ', JSON, 400, "invalid_json", "not valid JSON"),
+    ("not utf-8", "/predict", b'{"user_id": "\xff\xfe"}', JSON, 400, "invalid_encoding", "UTF-8"),
+    ("empty body", "/predict", b"", JSON, 400, "invalid_json", "empty"),
+    ("deep nesting", "/predict", b"[" * 20000 + b"]" * 20000, JSON, 400, "invalid_json", "nests too deeply"),
+    ("text/plain", "/predict", {"user_id": U, "candidates": ["<item0>"]}, {"content-type": "text/plain"}, 415,
+     "unsupported_media_type", "application/json"),
+    ("huge payload", "/predict", {"user_id": U, "candidates": ["x" * 200] * 400}, JSON, 413, "payload_too_large",
+     "limit is 65536"),
+    ("array body", "/predict", [1, 2], JSON, 422, "invalid_request", "JSON object"),
+    ("missing candidates", "/predict", {"user_id": U}, JSON, 422, "invalid_request",
+     "candidates: required field is missing"),
+    ("extra field", "/predict", {"user_id": U, "candidates": ["<item0>"], "top_k": 5}, JSON, 422,
+     "invalid_request", "top_k: unknown field"),
+    ("user id not a string", "/predict", {"user_id": 5, "candidates": ["<item0>"]}, JSON, 422, "invalid_request",
+     "user_id: Input should be a valid string"),
+    ("candidates not a list", "/predict", {"user_id": U, "candidates": "<item0>"}, JSON, 422, "invalid_request",
+     "candidates: Input should be a valid list"),
+    ("candidate ids not strings", "/predict", {"user_id": U, "candidates": [1, 2]}, JSON, 422, "invalid_request",
+     "candidates.0: Input should be a valid string"),
+    ("explain not a bool", "/predict", {"user_id": U, "candidates": ["<item0>"], "explain": "yes"}, JSON, 422,
+     "invalid_request", "explain: Input should be a valid boolean"),
+    ("user and history", "/predict", {"user_id": U, "history": [], "candidates": ["<item0>"]}, JSON, 422,
+     "invalid_request", "exactly one of"),
+    ("no user", "/predict", {"candidates": ["<item0>"]}, JSON, 422, "invalid_request", "exactly one of"),
+    ("history without rating", "/predict", {"history": [{"item_id": "<item1>"}], "candidates": ["<item0>"]}, JSON,
+     422, "invalid_request", "history.0.rating: required field is missing"),
+    ("rating as string", "/predict", {"history": [{"item_id": "<item1>", "rating": "4"}], "candidates": ["<item0>"]},
+     JSON, 422, "invalid_request", "history.0.rating: Input should be a valid number"),
+    ("unknown user", "/predict", {"user_id": "no-such-user", "candidates": ["<item0>"]}, JSON, 404, "unknown_id",
+     "unknown user_id 'no-such-user'"),
+    ("unknown candidate", "/predict", {"user_id": U, "candidates": ["<item0>", "Not A Film (2099)"]}, JSON, 404,
+     "unknown_id", "candidates.1: unknown item id 'Not A Film (2099)'"),
+    ("empty candidates", "/predict", {"user_id": U, "candidates": []}, JSON, 422, "invalid_request",
+     "candidates is empty"),
+    ("duplicate candidates", "/predict", {"user_id": U, "candidates": ["<item0>", "<item0>"]}, JSON, 422,
+     "duplicate_ids", "more than once"),
+    ("too many candidates", "/predict", {"user_id": U, "candidates": [f"<item{i}>" for i in range(201)]}, JSON, 422,
+     "limit_exceeded", "limit is 200"),
+    ("too many to explain", "/predict", {"user_id": U, "candidates": [f"<item{i}>" for i in range(11)],
+                                         "explain": True}, JSON, 422, "limit_exceeded", "with explain=true"),
+    ("history too long", "/predict", {"history": [{"item_id": f"<item{i}>", "rating": 4.0} for i in range(51)],
+                                      "candidates": ["<item60>"]}, JSON, 422, "limit_exceeded", "limit is 50"),
+    ("duplicate history", "/predict", {"history": [{"item_id": "<item1>", "rating": 4.0}] * 2,
+                                       "candidates": ["<item0>"]}, JSON, 422, "duplicate_ids", "history lists"),
+    ("rating out of range", "/predict", {"history": [{"item_id": "<item1>", "rating": 11.0}],
+                                         "candidates": ["<item0>"]}, JSON, 422, "invalid_request", "rating range"),
+    ("NaN rating", "/predict", b'{"history": [{"item_id": "<item1>", "rating": NaN}], "candidates": ["<item0>"]}',
+     JSON, 422, "invalid_request", "rating range"),
+    ("unknown history item", "/predict", {"history": [{"item_id": "nope", "rating": 4.0}],
+                                          "candidates": ["<item0>"]}, JSON, 404, "unknown_id", "history.0.item_id"),
+    ("explain: missing item", "/explain", {"user_id": U}, JSON, 422, "invalid_request", "item_id: required"),
+    ("explain: unknown item", "/explain", {"user_id": U, "item_id": "nope"}, JSON, 404, "unknown_id",
+     "item_id.0: unknown item id 'nope'"),
+    ("explain: extra field", "/explain", {"user_id": U, "item_id": "<item0>", "candidates": []}, JSON, 422,
+     "invalid_request", "candidates: unknown field"),
+]
+
+
+@pytest.mark.parametrize("name, path, body, headers, status, code, words", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_gets_a_typed_4xx(http, ids, name, path, body, headers, status, code, words):
+    if isinstance(body, bytes):
+        for key in ("<item0>", "<item1>"):
+            body = body.replace(key.encode(), json.dumps(_fill(key, ids))[1:-1].encode())
+    else:
+        body = _fill(body, ids)
+    r = post(http, path, body, headers)
+    assert r.status_code == status, (r.status_code, r.text[:300])
+    err = r.json()["error"]
+    assert err["code"] == code and words in err["message"], err
+
+
+def test_the_matrix_is_large_enough():
+    assert len(BAD) >= 25
+
+
+def test_wrong_method_is_a_4xx(http):
+    assert 400 <= http.get("/predict").status_code < 500
