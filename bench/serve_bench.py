@@ -4,7 +4,8 @@ Usage:  .venv/bin/python bench/serve_bench.py [--target expctr:latest] [--reques
 Needs a packaged Bento (`dvc repro bento`). Starts `bentoml serve TARGET` on a free local port, waits for
 /readyz, then runs two scenarios and stops the server:
 
-- ctr:       POST /predict, a random known user and 100 random candidates, explain=false
+- ctr:       POST /predict, a random known user and 100 random candidates, explain=false (also at
+             concurrency 1, 200 requests: the latency of one request on an idle server)
 - explained: POST /predict, 10 candidates, explain=true, drawn from a pool of --explain-pool distinct
              requests: the first time each is asked it is generated (cold, reported separately); repeats
              hit the explanation cache (warm), which is how a ranking page re-asks for the same slate.
@@ -116,6 +117,8 @@ def main() -> None:
     pool = [{"user_id": rng.choice(users), "candidates": rng.sample(items, args.explain_candidates), "explain": True}
             for _ in range(args.explain_pool)]
     warm = [rng.choice(pool) for _ in range(args.requests)]
+    fresh = [{"user_id": rng.choice(users), "candidates": rng.sample(items, args.explain_candidates), "explain": True}
+             for _ in range(3)]  # one at a time: the latency of a single uncached explained request
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -126,8 +129,12 @@ def main() -> None:
         ready_s = wait_ready(url, proc, timeout=600)
         print(f"server ready in {ready_s:.1f} s at {url}")
         res = {"target": args.target, "ready_s": round(ready_s, 1), "cpu_threads": os.cpu_count()}
+        res["ctr_c1"] = asyncio.run(run(url, ctr[:200], 1, args.max_seconds))
+        print("ctr c=1  ", res["ctr_c1"])
         res["ctr"] = asyncio.run(run(url, ctr, args.concurrency, args.max_seconds))
         print("ctr      ", res["ctr"])
+        res["explained_cold_c1"] = asyncio.run(run(url, fresh, 1, args.max_seconds))
+        print("cold c=1 ", res["explained_cold_c1"])
         res["explained_cold"] = asyncio.run(run(url, pool, args.concurrency, args.max_seconds))
         print("cold     ", res["explained_cold"])
         res["explained_warm"] = asyncio.run(run(url, warm, args.concurrency, args.max_seconds))

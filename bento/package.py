@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import bentoml
+import yaml
 
 from expctr.config import load_params
 from expctr.io import write_json
@@ -31,22 +30,25 @@ def _label(value: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", value)[:63]
 
 
-def build_wheel(root: Path, out_dir: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "-w", str(out_dir), str(root)], check=True)
-    wheels = sorted(out_dir.glob("expctr-*.whl"))
-    if not wheels:
-        raise SystemExit(f"no expctr wheel was built in {out_dir}")
-    return wheels[-1]
+SERVING_ONLY_EXCLUDED = ("dagster", "dagster-webserver", "great-expectations", "torch")
+
+
+def runtime_packages(checkout: Path) -> list[str]:
+    """pyproject.toml's dependencies the service needs (orchestration and data-check packages left out)."""
+    import tomllib
+
+    deps = tomllib.loads((checkout / "pyproject.toml").read_text())["project"]["dependencies"]
+    name = re.compile(r"^[A-Za-z0-9_.-]+")
+    return [d for d in deps if name.match(d).group(0).lower() not in SERVING_ONLY_EXCLUDED]
 
 
 def register_model(root: Path, params) -> tuple[str, dict]:
     commit = git_commit(root)
     lock = dvc_lock_hashes(root, ["ctr_model", "base_llm", f"explainer_round_{params.rounds}"])
     labels = {"git_commit": _label(commit), "project": "expctr"}
-    for key, md5 in lock.items():
-        stage = key.split(":")[0]
-        labels[_label(f"dvc_{stage}")[:63]] = _label(md5)
+    for key, md5 in lock.items():  # "stage:path" -> label dvc_<stage>_<last path part>
+        stage, path = key.split(":", 1)
+        labels[_label(f"dvc_{stage}_{Path(path).name}")] = _label(md5)
     with bentoml.models.create(params.serving.model_name, labels=labels, module="expctr.serving",
                                metadata={"git_commit": commit, "dvc_lock": lock}) as model:
         manifest = write_bundle(model.path, root, params)
@@ -57,11 +59,11 @@ def build_bento(root: Path, params, model_tag: str, version: str | None = None) 
     with tempfile.TemporaryDirectory(prefix="expctr-bento-") as tmp:
         ctx = Path(tmp)
         shutil.copy2(HERE / "service.py", ctx / "service.py")
-        shutil.copy2(HERE / "bentofile.yaml", ctx / "bentofile.yaml")
-        wheel = build_wheel(HERE.parent, ctx / "wheels")  # the library of this checkout
-        text = (ctx / "bentofile.yaml").read_text().replace("wheels/expctr-0.1.0-py3-none-any.whl",
-                                                               f"wheels/{wheel.name}")
-        (ctx / "bentofile.yaml").write_text(text)
+        shutil.copytree(HERE.parent / "src" / "expctr", ctx / "expctr",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))  # the library of this checkout
+        config = yaml.safe_load((HERE / "bentofile.yaml").read_text())
+        config["python"]["packages"] = [*config["python"]["packages"], *runtime_packages(HERE.parent)]
+        (ctx / "bentofile.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         bento = bentoml.bentos.build_bentofile(str(ctx / "bentofile.yaml"), build_ctx=str(ctx),
                                                name=params.serving.bento_name, version=version,
                                                labels={"model": _label(model_tag)})

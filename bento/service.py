@@ -2,8 +2,9 @@
 
 Routes: POST /predict (rank candidates, optionally explained), POST /explain (one pair), BentoML's own
 GET /livez, /readyz (ready once the explainer is loaded), /healthz, /metrics and the OpenAPI docs at /docs.
-ID scoring goes through `score_rows`, a batchable API: concurrent /predict calls are merged by BentoML's
-adaptive batcher into one forward pass. Malformed requests never reach the endpoints: `RequestGuard`
+ID scoring of concurrent /predict calls is merged into one forward pass by BentoML's adaptive batcher (its
+CORK dispatcher, run in-process: routing it through a batchable API costs an HTTP hop to the service itself,
+which measured p50 51 ms and 9% connection-reset 500s at 230 requests/s on 2 cores). Malformed requests never reach the endpoints: `RequestGuard`
 (an ASGI middleware) answers them with a typed 4xx body {"error": {"code", "message", "field"}}; domain
 errors (unknown ids, limits, duplicates) get the same body from the endpoints.
 
@@ -97,6 +98,13 @@ class RequestGuard:
         return await self.app(scope, replay, send)
 
 
+BATCH_ROWS = bentoml.metrics.Histogram(name="expctr_ctr_batch_rows", documentation="Rows per CTR forward pass",
+                                       buckets=(1, 10, 50, 100, 200, 400, 800, 1600, 3200, 6400))
+BATCH_REQUESTS = bentoml.metrics.Histogram(name="expctr_ctr_batch_requests",
+                                           documentation="Requests merged into one CTR forward pass",
+                                           buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32))
+
+
 def _too_large(n: int, limit: int) -> RequestError:
     from expctr.serving.errors import PayloadTooLarge
 
@@ -115,23 +123,31 @@ class ExpCTR:
 
     def __init__(self) -> None:
         self.pair = ModelPair(self.pair_model.path, limits=LIMITS)
+        self._batched = None
         if os.environ.get("EXPCTR_LOAD_EXPLAINER", "1") != "0":
             self.pair.load_explainer()
 
     def __is_ready__(self) -> bool:
         return self.pair.explainer_loaded or os.environ.get("EXPCTR_LOAD_EXPLAINER", "1") == "0"
 
-    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=LIMITS.max_batch_size,
-                 max_latency_ms=LIMITS.max_latency_ms)
-    def score_rows(self, rows: np.ndarray) -> np.ndarray:
-        """ID-model click probabilities for packed feature rows (internal; adaptive batching)."""
-        return self.pair.score_id(rows)
+    async def _score_batch(self, parts: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        """One forward pass over every request the dispatcher released together."""
+        sizes = [len(p) for p in parts]
+        probs = await anyio.to_thread.run_sync(self.pair.score_id, np.concatenate(parts))
+        BATCH_ROWS.observe(len(probs))
+        BATCH_REQUESTS.observe(len(parts))
+        return list(np.split(probs, np.cumsum(sizes)[:-1]))
 
     async def _score(self, packed: np.ndarray) -> np.ndarray:
-        proxy = getattr(self, "to_async", None)
-        if proxy is not None:
-            return np.asarray(await proxy.score_rows(packed), dtype=np.float64)
-        return await anyio.to_thread.run_sync(self.pair.score_id, packed)
+        if self._batched is None:
+            from bentoml._internal.marshal.dispatcher import CorkDispatcher  # BentoML's adaptive batcher
+
+            self._batched = CorkDispatcher(LIMITS.max_latency_ms, LIMITS.max_batch_size, fallback=lambda: None,
+                                           get_batch_size=len, batch_dim=(0, 0))(self._score_batch)
+        probs = await self._batched(packed)
+        if probs is None or isinstance(probs, Exception):  # shed by the batcher: score alone rather than fail
+            probs = await anyio.to_thread.run_sync(self.pair.score_id, packed)
+        return np.asarray(probs, dtype=np.float64)
 
     @bentoml.api(route="/predict")
     async def predict(self, candidates: list[str], user_id: str | None = None,

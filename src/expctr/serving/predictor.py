@@ -68,6 +68,7 @@ class Explained:
     text: str
     faithful: bool
     regenerated: bool
+    embedding: np.ndarray  # all-MiniLM-L6-v2 embedding of `text` (what ExpCTR-Aug reads)
     cached: bool = False
 
 
@@ -211,12 +212,15 @@ class ModelPair:
             return np.zeros(0)
         return torch.sigmoid(self.aug.id_logit(self.unpack(packed))).double().cpu().numpy()
 
-    @torch.no_grad()
-    def score_aug(self, packed: np.ndarray, texts: list[str]) -> np.ndarray:
-        """P(click) of ExpCTR-Aug given the explanations' embeddings; float64 (n,)."""
+    def _embed(self, texts: list[str]) -> np.ndarray:
         emb = self._encoder.encode(list(texts), convert_to_numpy=True, normalize_embeddings=True,
                                    show_progress_bar=False)
-        batch = {**self.unpack(packed), "text": torch.as_tensor(np.asarray(emb, dtype=np.float32)).to(self.device)}
+        return np.asarray(emb, dtype=np.float32)
+
+    @torch.no_grad()
+    def score_aug(self, packed: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
+        """P(click) of ExpCTR-Aug given the explanations' sentence embeddings; float64 (n,)."""
+        batch = {**self.unpack(packed), "text": torch.as_tensor(np.asarray(embeddings, dtype=np.float32)).to(self.device)}
         return torch.sigmoid(self.aug(batch)).double().cpu().numpy()
 
     # ------------------------------------------------------------------ explanations
@@ -247,37 +251,51 @@ class ModelPair:
         return bool(unseen_mentions(self.title_index, text, hist, {"title": target.title, "year": target.year}))
 
     def explanations(self, user: UserContext, rows: list[int]) -> list[Explained]:
-        """One sentence per candidate row: cached, else generated in one batch; faithfulness-guarded."""
+        """One sentence per candidate row: cached, else generated in one batch; faithfulness-guarded.
+
+        The cache key is what determines the prompt (history item ids with liked flags, target id, prompt
+        budget) plus the adapter version, so a hit needs no tokenisation; the value carries the sentence
+        embedding too, so an all-cached request costs one small forward pass of ExpCTR-Aug.
+        """
         self.load_explainer()
-        history = self._history_items(user)
-        adapter = self.manifest["versions"]["explainer_adapter"]
+        version = f"{self.manifest['versions']['explainer_adapter']}/{self.manifest['max_prompt_tokens']}"
+        hist_key = [(self.item_ids[r], liked) for r, liked in user.history]
         out: list[Explained | None] = [None] * len(rows)
-        todo: list[tuple[int, str, str, list[Item], Item]] = []
+        keys = [explanation_key(hist_key, self.item_ids[row], version) for row in rows]
+        todo = []
+        for n, key in enumerate(keys):
+            hit = self.cache.get(key)
+            if hit is not None:
+                out[n] = Explained(*hit, cached=True)
+            else:
+                todo.append(n)
+        if not todo:
+            return out  # type: ignore[return-value]
         with self._llm_lock:
-            for n, row in enumerate(rows):
-                target = self.items[row]
-                prompt, fitted = self._prompt(history, target)
-                key = explanation_key([(h.title, h.year, h.liked) for h in fitted], self.item_ids[row], adapter)
-                hit = self.cache.get(key)
+            # another request may have generated some of these while this one waited for the lock
+            for n in list(todo):
+                hit = self.cache.get(keys[n])
                 if hit is not None:
                     out[n] = Explained(*hit, cached=True)
-                else:
-                    todo.append((n, key, prompt, fitted, target))
-            if todo:
-                texts = self._generate([t[2] for t in todo], sample=False, seed=0)
-                bad = [j for j, (t, (_, _, _, fitted, target)) in enumerate(zip(texts, todo))
-                       if self._unfaithful(t, fitted, target)]
-                retried: dict[int, str] = {}
-                if bad:
-                    seed = int(todo[bad[0]][1][:8], 16)
-                    for j, text in zip(bad, self._generate([todo[j][2] for j in bad], sample=True, seed=seed)):
-                        retried[j] = text
-                for j, (n, key, _, fitted, target) in enumerate(todo):
-                    text = retried.get(j, texts[j])
-                    faithful = not self._unfaithful(text, fitted, target)
-                    value = (text, faithful, j in retried)
-                    self.cache.put(key, value)
-                    out[n] = Explained(*value)
+                    todo.remove(n)
+            if not todo:
+                return out  # type: ignore[return-value]
+            history = self._history_items(user)
+            targets = [self.items[rows[n]] for n in todo]
+            prompts, fitted = zip(*(self._prompt(history, t) for t in targets))
+            texts = self._generate(list(prompts), sample=False, seed=0)
+            bad = [j for j, t in enumerate(texts) if self._unfaithful(t, fitted[j], targets[j])]
+            retried: set[int] = set()
+            if bad:
+                seed = int(keys[todo[bad[0]]][:8], 16)
+                for j, text in zip(bad, self._generate([prompts[j] for j in bad], sample=True, seed=seed)):
+                    texts[j] = text
+                    retried.add(j)
+            emb = self._embed(texts)
+        for j, n in enumerate(todo):
+            value = (texts[j], not self._unfaithful(texts[j], fitted[j], targets[j]), j in retried, emb[j])
+            self.cache.put(keys[n], value)
+            out[n] = Explained(*value)
         return out  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ endpoints
@@ -304,16 +322,14 @@ class ModelPair:
         if not req.explain:
             return self.respond(prepared, self.score_id(prepared.packed))
         expl = self.explanations(prepared.user, prepared.rows)
-        with self._llm_lock:
-            probs = self.score_aug(prepared.packed, [e.text for e in expl])
+        probs = self.score_aug(prepared.packed, np.stack([e.embedding for e in expl]))
         return self.respond(prepared, probs, expl)
 
     def explain(self, req: ExplainRequest) -> ExplainResponse:
         user = self.resolve_user(req)
         rows = self.candidate_rows([req.item_id], "item_id", 1)
         expl = self.explanations(user, rows)
-        with self._llm_lock:
-            probs = self.score_aug(self.pack(user, rows), [expl[0].text])
+        probs = self.score_aug(self.pack(user, rows), np.stack([e.embedding for e in expl]))
         return ExplainResponse(user=user.name, item=self._ranked(rows, probs, expl)[0], versions=self.versions())
 
     def _ranked(self, rows: list[int], probs: np.ndarray, expl: list[Explained | None]) -> list[ScoredItem]:

@@ -1,0 +1,186 @@
+"""Pydantic models of params.yaml: one typed place for every setting, unknown keys are errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from expctr.errors import ExpCTRError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataParams(_Strict):
+    source: Literal["embedded", "files"] = "embedded"
+    dataset: str = "ml-1m"
+    format: str = "recbole_atomic"
+    paths: dict[str, str] = Field(default_factory=dict)
+    cache_dir: str = ".cache/expctr"
+    max_users: int | None = Field(default=None, gt=0)
+    rating_range: tuple[float, float] = (1.0, 5.0)
+
+
+class FeatureParams(_Strict):
+    click_threshold: float = 4.0
+    history_len: int = Field(default=10, ge=1, le=200)
+    split: Literal["time", "random"] = "time"
+    valid_frac: float = Field(default=0.1, gt=0, lt=0.5)
+    test_frac: float = Field(default=0.1, gt=0, lt=0.5)
+    max_genres: int = Field(default=6, ge=1)
+
+
+class ValidationParams(_Strict):
+    fail_on_error: bool = True
+    label_rate_bounds: tuple[float, float] = (0.2, 0.8)
+    max_examples: int = Field(default=5, ge=1)
+
+
+CTR_MODELS = ("popularity", "lr", "deepfm", "dcnv2", "din")
+
+
+class CTRParams(_Strict):
+    model: Literal["lr", "deepfm", "dcnv2", "din"] = "din"
+    compare: list[Literal["popularity", "lr", "deepfm", "dcnv2", "din"]] = Field(
+        default_factory=lambda: list(CTR_MODELS)
+    )
+    embed_dim: int = Field(default=16, ge=1)
+    mlp_dims: list[int] = Field(default_factory=lambda: [128, 64])
+    cross_layers: int = Field(default=3, ge=1)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    batch_size: int = Field(default=4096, ge=1)
+    lr: float = Field(default=2e-3, gt=0)
+    weight_decay: float = Field(default=1e-6, ge=0)
+    max_epochs: int = Field(default=8, ge=1)
+    patience: int = Field(default=2, ge=1)
+    threads: int = Field(default=2, ge=1)
+    device: str = "cpu"
+
+    @model_validator(mode="after")
+    def _model_is_compared(self) -> CTRParams:
+        if self.model not in self.compare:
+            self.compare.append(self.model)
+        return self
+
+
+class LLMParams(_Strict):
+    """The base LLM (explainer policy and judge) and how it is run."""
+
+    source: str = "embedded"  # embedded SmolLM2-135M-Instruct GGUF from PyPI, or a HF causal-LM directory
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "cpu"
+    threads: int = Field(default=2, ge=1)
+    max_prompt_tokens: int = Field(default=384, ge=64)
+    max_new_tokens: int = Field(default=40, ge=4)
+    gen_batch_size: int = Field(default=8, ge=1)
+    judge_batch_size: int = Field(default=8, ge=1)
+
+
+class PairsParams(_Strict):
+    """Seeded sample sizes of (user, target) pairs the LLM stages work on, per split."""
+
+    train: int = Field(default=96, ge=2)
+    valid: int = Field(default=48, ge=2)
+    test: int = Field(default=200, ge=2)
+    balance_train: bool = True  # half clicks, half non-clicks in the RL prompts
+
+
+class RewardParams(_Strict):
+    """Reward formulas (see expctr.explainer.rewards for the exact definitions)."""
+
+    kind: Literal["logprob", "prob"] = "logprob"
+    lc_weight: float = 1.0  # LC term in the LC stage
+    ic_weight: float = 1.0  # IC term in the IC stage
+    ic_lc_weight: float = 0.5  # lambda: LC term added in the IC stage
+    consistency_weight: float = 0.0  # agreement of text-CTR with the plain ID model (IC stage)
+    format_weight: float = 1.0  # scale of the format penalty (empty, not one sentence, no verdict, copying)
+
+
+class RLParams(_Strict):
+    """GRPO on a LoRA adapter (TRL + peft). CPU profile: fp32, no gradient checkpointing."""
+
+    lora_r: int = Field(default=8, ge=1)
+    lora_alpha: int = Field(default=16, ge=1)
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    learning_rate: float = Field(default=1e-4, gt=0)
+    lc_steps: int = Field(default=6, ge=1)
+    ic_steps: int = Field(default=6, ge=1)
+    prompts_per_step: int = Field(default=2, ge=1)
+    num_generations: int = Field(default=4, ge=2)
+    max_completion_length: int = Field(default=40, ge=4)
+    temperature: float = Field(default=1.0, gt=0)
+    beta: float = Field(default=0.0, ge=0)  # KL coefficient to the reference policy
+    bf16: bool = False  # bf16 on an AVX2-only CPU is ~8x slower: GPU profile only
+    gradient_checkpointing: bool = False
+
+
+class TextCTRParams(_Strict):
+    """ExpCTR-Aug: the ID model plus a projection of the explanation embedding."""
+
+    proj_dim: int = Field(default=16, ge=1)
+    hidden: list[int] = Field(default_factory=lambda: [32])
+    max_epochs: int = Field(default=30, ge=1)
+    patience: int = Field(default=5, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    batch_size: int = Field(default=64, ge=1)
+    finetune_base: bool = False
+
+
+class ServingParams(_Strict):
+    """The served model pair: request limits (bad input is a 4xx, never a crash) and batching settings."""
+
+    model_name: str = "expctr_pair"  # BentoML model store name of the packaged pair
+    bento_name: str = "expctr"
+    max_candidates: int = Field(default=200, ge=1)  # POST /predict without explanations
+    max_explain_candidates: int = Field(default=10, ge=1)  # explanations are ~1 s each on 2 cores
+    max_history: int = Field(default=50, ge=1)  # cold-start history entries accepted (the last K are used)
+    max_body_bytes: int = Field(default=65536, ge=1024)
+    explanation_cache_size: int = Field(default=4096, ge=0)
+    max_new_tokens: int = Field(default=40, ge=4)
+    gen_batch_size: int = Field(default=10, ge=1)
+    max_batch_size: int = Field(default=4096, ge=1)  # adaptive batching of CTR scoring (rows)
+    max_latency_ms: int = Field(default=2000, ge=1)  # requests predicted to wait longer get a 503: generous
+    threads: int = Field(default=2, ge=1)
+
+
+class Params(BaseModel):
+    """The whole params.yaml; a typo in any key is an error rather than a silently ignored setting."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 42
+    data: DataParams = Field(default_factory=DataParams)
+    features: FeatureParams = Field(default_factory=FeatureParams)
+    validation: ValidationParams = Field(default_factory=ValidationParams)
+    ctr: CTRParams = Field(default_factory=CTRParams)
+    llm: LLMParams = Field(default_factory=LLMParams)
+    pairs: PairsParams = Field(default_factory=PairsParams)
+    reward: RewardParams = Field(default_factory=RewardParams)
+    rl: RLParams = Field(default_factory=RLParams)
+    text_ctr: TextCTRParams = Field(default_factory=TextCTRParams)
+    rounds: int = Field(default=3, ge=1)
+    serving: ServingParams = Field(default_factory=ServingParams)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; errors name the file and the offending key."""
+    path = Path(path)
+    if not path.exists():
+        raise ExpCTRError(f"{path}: params file not found (run from the project root or pass --params)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ExpCTRError(f"{path}: not valid YAML: {exc}") from exc
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{path}: invalid parameters:"]
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
+        raise ExpCTRError("\n".join(lines)) from exc

@@ -1,0 +1,1 @@
+"""Data: sources (fetch + parse public formats), labels, histories, splits, validation."""

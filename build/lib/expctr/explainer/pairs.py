@@ -1,0 +1,53 @@
+"""LLM pairs: a seeded sample of (user, target) rows with their history and target rendered as items.
+
+Explaining a million pairs is not possible on a CPU, so the LLM stages work on a sample per split. Each
+pair keeps every ID feature column (so the text-augmented CTR model trains on exactly these rows) plus
+`history` (list of {title, year, genres, liked}, most recent last, strictly before the target) and
+`target` ({title, year, genres}).
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from expctr.data.features import HIST_CLICK_PAD, HIST_CLICK_YES
+
+ITEM_FIELDS = ("title", "year", "genres")
+
+
+def sample_pairs(frame: pl.DataFrame, n: int, seed: int, balance: bool = False) -> pl.DataFrame:
+    """`n` rows drawn without replacement (seeded); with `balance`, half clicks and half non-clicks."""
+    if n >= frame.height:
+        return frame
+    if not balance:
+        return frame.sample(n, seed=seed, shuffle=True)
+    pos = frame.filter(pl.col("label") == 1)
+    neg = frame.filter(pl.col("label") == 0)
+    n_pos = min(n // 2, pos.height)
+    n_neg = min(n - n_pos, neg.height)
+    return pl.concat([pos.sample(n_pos, seed=seed), neg.sample(n_neg, seed=seed + 1)]).sample(
+        fraction=1.0, seed=seed + 2, shuffle=True
+    )
+
+
+def attach_items(pairs: pl.DataFrame, catalogue: pl.DataFrame) -> pl.DataFrame:
+    """Add `history` (list of item structs with `liked`) and `target` (item struct) columns."""
+    items = catalogue.select("item_code", *ITEM_FIELDS)
+    target = pairs.select("item_code").join(items, on="item_code", how="left", maintain_order="left")
+    long = (
+        pairs.with_row_index("_pair")
+        .select("_pair", pl.col("hist_item_code").arr.to_list(), pl.col("hist_click").arr.to_list())
+        .explode("hist_item_code", "hist_click")
+        .with_row_index("_order")
+        .filter(pl.col("hist_click") != HIST_CLICK_PAD)
+        .join(items, left_on="hist_item_code", right_on="item_code", how="left")
+        .sort("_order")
+        .group_by("_pair", maintain_order=True)
+        .agg(pl.struct(*ITEM_FIELDS, (pl.col("hist_click") == HIST_CLICK_YES).alias("liked")).alias("history"))
+    )
+    out = pairs.with_row_index("_pair").join(long, on="_pair", how="left").sort("_pair").drop("_pair")
+    empty = pl.lit([], dtype=out.schema["history"])
+    return out.with_columns(
+        pl.col("history").fill_null(empty),
+        pl.struct([target[c] for c in ITEM_FIELDS]).alias("target"),
+    )

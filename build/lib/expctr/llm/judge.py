@@ -1,0 +1,111 @@
+"""The Yes/No judge: P(Yes) = softmax over the Yes/No logits at the last prompt position.
+
+Why a last-position readout over a left-padded batch: one forward pass per batch scores every prompt; with
+left padding the readout position is the same column (-1) for every row, and explicit position ids from the
+attention mask make a padded row see exactly the positions it would see alone.
+
+The Yes/No ids are resolved FROM the tokenizer, never hard-coded: each word is tokenised in the context it is
+read in (right after "... So the answer is"), so tokenizers that merge the leading space (GPT-2/SmolLM2
+style " Yes") and SentencePiece ones ("▁Yes") both give the right id. If a word splits into several tokens,
+its first token is used (consistently, recorded in `YesNoIds.multi_token`); the Yes and No sets must be
+disjoint. Case variants (" yes"/" no") that are single tokens join their side; a side's logit is the
+logsumexp of its members.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from expctr.llm.prompts import READOUT_AFTER_EXPLANATION, Message, encode_messages
+
+YES_WORDS = (" Yes", " yes")
+NO_WORDS = (" No", " no")
+
+
+@dataclass(frozen=True)
+class YesNoIds:
+    """Token ids for each side; the first of each is the primary word (" Yes" / " No")."""
+
+    yes: tuple[int, ...]
+    no: tuple[int, ...]
+    multi_token: tuple[str, ...] = ()  # primary words that needed their first token only
+
+
+def _continuation_ids(tokenizer, prefix: str, word: str) -> list[int]:
+    base = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    full = tokenizer(prefix + word, add_special_tokens=False)["input_ids"]
+    if full[: len(base)] != base or len(full) == len(base):
+        # the word merged into the prefix's last token: fall back to tokenising the word alone
+        return tokenizer(word, add_special_tokens=False)["input_ids"]
+    return full[len(base):]
+
+
+def yes_no_token_ids(tokenizer, prefix: str = READOUT_AFTER_EXPLANATION,
+                     yes_words: Sequence[str] = YES_WORDS, no_words: Sequence[str] = NO_WORDS) -> YesNoIds:
+    """Resolve the Yes/No token ids from the tokenizer, in the readout context `prefix`."""
+    sides: list[list[int]] = []
+    multi: list[str] = []
+    for words in (yes_words, no_words):
+        ids: list[int] = []
+        for j, word in enumerate(words):
+            cont = _continuation_ids(tokenizer, prefix, word)
+            if not cont:
+                raise ValueError(f"tokenizer gives no tokens for {word!r}")
+            if len(cont) > 1:
+                if j > 0:
+                    continue  # variants only count when they are one token
+                multi.append(word)
+            if cont[0] not in ids:
+                ids.append(cont[0])
+        sides.append(ids)
+    yes, no = sides
+    if set(yes) & set(no):
+        raise ValueError(f"Yes ids {yes} and No ids {no} overlap: this tokenizer cannot tell them apart")
+    return YesNoIds(yes=tuple(yes), no=tuple(no), multi_token=tuple(multi))
+
+
+def judge_yes_no_logits(model, tokenizer, messages_batch: Sequence[Sequence[Message]], batch_size: int = 8,
+                        ids: YesNoIds | None = None, progress: bool = False) -> np.ndarray:
+    """(n, 2) array of [Yes, No] logits (logsumexp within each side) at the last prompt position.
+
+    Prompts are sorted by length into batches (less padding) and returned in input order. Messages ending in
+    an assistant turn are continued (the judge readout); otherwise the readout is the first assistant token.
+    """
+    import torch
+
+    if tokenizer.padding_side != "left":
+        raise ValueError("the judge needs tokenizer.padding_side == 'left' (use load_tokenizer)")
+    ids = ids or yes_no_token_ids(tokenizer)
+    encoded = [encode_messages(tokenizer, m) for m in messages_batch]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
+    out = np.zeros((len(encoded), 2), dtype=np.float64)
+    yes_idx = torch.tensor(ids.yes, device=model.device)
+    no_idx = torch.tensor(ids.no, device=model.device)
+    with torch.inference_mode():
+        bar = tqdm(total=len(encoded), desc="judge", disable=not progress, unit="prompt")
+        for b in range(0, len(order), batch_size):
+            idx = order[b:b + batch_size]
+            batch = tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt",
+                                  padding=True).to(model.device)
+            mask = batch["attention_mask"]
+            position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
+            logits = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=position_ids,
+                           use_cache=False, logits_to_keep=1).logits[:, -1, :].float()
+            yn = torch.stack([torch.logsumexp(logits[:, yes_idx], -1),
+                              torch.logsumexp(logits[:, no_idx], -1)], dim=-1)
+            out[idx] = yn.cpu().numpy()
+            bar.update(len(idx))
+        bar.close()
+    return out
+
+
+def judge_p_yes(model, tokenizer, messages_batch: Sequence[Sequence[Message]], batch_size: int = 8,
+                ids: YesNoIds | None = None, progress: bool = False) -> np.ndarray:
+    """P(Yes) per prompt = softmax over the [Yes, No] logits at the readout position (input order)."""
+    yn = judge_yes_no_logits(model, tokenizer, messages_batch, batch_size=batch_size, ids=ids,
+                             progress=progress)
+    return np.exp(-np.logaddexp(0.0, yn[:, 1] - yn[:, 0]))  # sigmoid(yes - no), overflow-free

@@ -1,0 +1,81 @@
+"""Request and response models of the service (pydantic, strict: "5" is not an int, unknown keys are errors).
+
+Item and user ids are the dataset's own string ids (ML-1M via RecBole: "1m_42", "Toy Story (1995)").
+A request names a known user (`user_id`) or brings a cold-start `history` of (item id, rating), never both.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MAX_ID_CHARS = 256
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class HistoryEntry(_Strict):
+    item_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+    rating: float = Field(description="The user's rating; a click (liked) when >= the click threshold.")
+
+
+class _UserRef(_Strict):
+    user_id: str | None = Field(default=None, min_length=1, max_length=MAX_ID_CHARS,
+                                description="A known user: the history is their most recent ratings.")
+    history: list[HistoryEntry] | None = Field(
+        default=None, description="Cold-start user: rated items, oldest first (the most recent K are used).")
+
+    @model_validator(mode="after")
+    def _one_user(self):
+        if (self.user_id is None) == (self.history is None):
+            raise ValueError("give exactly one of `user_id` (a known user) or `history` (a cold-start user)")
+        return self
+
+
+class PredictRequest(_UserRef):
+    candidates: list[str] = Field(description="Candidate item ids to rank (no duplicates).")
+    explain: bool = Field(default=False, description="Also return a one-sentence explanation per candidate.")
+
+
+class ExplainRequest(_UserRef):
+    item_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    title: str
+    rank: int
+    p_click: float = Field(description="Click probability (ExpCTR-Aug when explained, else the ID model).")
+    explanation: str | None = None
+    faithful: bool | None = Field(default=None, description="False: names an item outside history/target "
+                                  "even after one regeneration.")
+    regenerated: bool = False
+    cached: bool = False
+
+
+class Versions(BaseModel):
+    model: str
+    ctr_model: str
+    explainer_adapter: str
+    base_llm: str
+    git_commit: str
+
+
+class PredictResponse(BaseModel):
+    user: str
+    scorer: Literal["expctr_aug", "id_model"]
+    items: list[ScoredItem]
+    versions: Versions
+
+
+class ExplainResponse(BaseModel):
+    user: str
+    item: ScoredItem
+    versions: Versions
+
+
+__all__ = ["ExplainRequest", "ExplainResponse", "HistoryEntry", "PredictRequest", "PredictResponse",
+           "ScoredItem", "Versions"]

@@ -1,0 +1,97 @@
+"""ctr_model stage: train and compare the ID-based CTR models on the time-based split."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import numpy as np
+import polars as pl
+import torch
+from sklearn.metrics import roc_curve
+
+from expctr.config import Params
+from expctr.ctr.batch import CTRData
+from expctr.ctr.models import build_model
+from expctr.ctr.popularity import Popularity
+from expctr.ctr.trainer import binary_metrics, fit, predict
+from expctr.data.features import SPLITS, FeatureMap
+from expctr.errors import ExpCTRError
+from expctr.io import atomic_path, write_json
+from expctr.paths import ProjectPaths
+
+
+def load_splits(paths: ProjectPaths) -> tuple[dict[str, pl.DataFrame], FeatureMap]:
+    fdir = paths.features
+    if not (fdir / "feature_map.json").exists():
+        raise ExpCTRError(f"{fdir}/feature_map.json not found: run the features stage first (`dvc repro features`)")
+    return {s: pl.read_parquet(fdir / f"{s}.parquet") for s in SPLITS}, FeatureMap.load(fdir / "feature_map.json")
+
+
+def roc_points(labels: np.ndarray, probs: np.ndarray, max_points: int = 200) -> pl.DataFrame:
+    fpr, tpr, _ = roc_curve(labels, probs)
+    keep = np.unique(np.linspace(0, len(fpr) - 1, min(max_points, len(fpr))).astype(int))
+    return pl.DataFrame({"fpr": np.round(fpr[keep], 5), "tpr": np.round(tpr[keep], 5)})
+
+
+def save_model(path, name: str, model: torch.nn.Module, params: Params, fit_info: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"name": name, "state_dict": model.state_dict(), "ctr_params": params.ctr.model_dump(),
+                    "fit": fit_info}, tmp)
+
+
+def load_model(path, fmap: FeatureMap) -> torch.nn.Module:
+    """Rebuild a saved ID model from its checkpoint and feature map."""
+    from expctr.config import CTRParams
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model = build_model(ckpt["name"], fmap, CTRParams.model_validate(ckpt["ctr_params"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
+def run(params: Params, paths: ProjectPaths) -> dict:
+    p = params.ctr
+    torch.set_num_threads(p.threads)
+    frames, fmap = load_splits(paths)
+    data = {s: CTRData.from_frame(frames[s]) for s in SPLITS}
+    test_labels = data["test"].labels.numpy()
+    results: dict[str, dict] = {}
+    curves: dict[str, pl.DataFrame] = {}
+    rocs: dict[str, pl.DataFrame] = {}
+    with atomic_path(paths.ctr_models) as out:
+        out.mkdir()
+        shutil.copy(paths.features / "feature_map.json", out / "feature_map.json")
+        for name in p.compare:
+            started = time.perf_counter()
+            if name == "popularity":
+                pop = Popularity().fit(frames["train"]["item_idx"].to_numpy(), frames["train"]["label"].to_numpy())
+                probs = pop.predict(frames["test"]["item_idx"].to_numpy())
+                write_json(out / "popularity.json", pop.to_dict())
+                info = {"train_seconds": round(time.perf_counter() - started, 3)}
+            else:
+                model = build_model(name, fmap, p, seed=params.seed)
+                res = fit(model, data["train"], data["valid"], p, params.seed, desc=name)
+                probs = predict(model, data["test"], p.batch_size, p.device)
+                epoch_s = [r["seconds"] for r in res.curve]
+                info = {"best_epoch": res.best_epoch, "valid_auc": res.best_valid_auc, "epochs_run": len(res.curve),
+                        "seconds_per_epoch": round(float(np.mean(epoch_s)), 3),
+                        "train_seconds": round(time.perf_counter() - started, 3),
+                        "parameters": sum(t.numel() for t in model.parameters())}
+                save_model(out / f"{name}.pt", name, model.cpu(), params, info)
+                curves[name] = pl.DataFrame(res.curve)
+            test = binary_metrics(test_labels, probs)
+            results[name] = {"test_auc": test["auc"], "test_logloss": test["logloss"], **info}
+            rocs[name] = roc_points(test_labels, probs)
+        write_json(out / "primary.json", {"model": p.model, "checkpoint": f"{p.model}.pt"})
+    metrics = {"primary": p.model, "test_rows": len(test_labels),
+               "test_label_rate": float(test_labels.mean()) if len(test_labels) else 0.0,
+               "models": results, "primary_test_auc": results[p.model]["test_auc"],
+               "primary_test_logloss": results[p.model]["test_logloss"]}
+    write_json(paths.metric("ctr.json"), metrics)
+    for folder, tables in (("ctr_roc", rocs), ("ctr_training", curves)):
+        with atomic_path(paths.metric(folder)) as tmp:
+            tmp.mkdir()
+            for name, df in tables.items():
+                df.write_csv(tmp / f"{name}.csv")
+    return metrics

@@ -1,0 +1,57 @@
+"""Dagster definitions derived from ``dvc.yaml`` (``[tool.dagster] module_name``).
+
+The project directory is ``$EXPCTR_PROJECT_DIR`` if set, else the current directory when it holds a
+``dvc.yaml``, else the repository this package sits in. Loading reads YAML only: no DVC, torch,
+transformers or Great Expectations import.
+"""
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from orchestration.assets import asset_keys, build_assets, build_checks
+from orchestration.dvc_graph import DVC_YAML, load_pipeline
+from orchestration.resources import PROJECT_DIR_ENV, DvcProject, default_dvc_bin
+
+JOB_NAME = "expctr_pipeline"
+
+
+def resolve_project_dir() -> Path:
+    """``$EXPCTR_PROJECT_DIR``, else the cwd if it has a dvc.yaml, else this package's repository root."""
+    env = os.environ.get(PROJECT_DIR_ENV)
+    if env:
+        return Path(env).resolve()
+    cwd = Path.cwd()
+    if (cwd / DVC_YAML).is_file():
+        return cwd.resolve()
+    repo = Path(__file__).resolve().parent.parent
+    if (repo / DVC_YAML).is_file():
+        return repo
+    return cwd.resolve()  # load_pipeline then reports the missing dvc.yaml
+
+
+def build_definitions(project_dir: str | Path | None = None) -> dg.Definitions:
+    """Assets, blocking GX checks, the ``dvc`` resource and the ``expctr_pipeline`` job for a project.
+
+    Every run uses the in-process executor: the stages of one run execute one after another in one
+    process, so they never contend for DVC's repository lock (and no per-step process start-up).
+    """
+    root = Path(project_dir).resolve() if project_dir is not None else resolve_project_dir()
+    pipeline = load_pipeline(root)
+    pipeline_job = dg.define_asset_job(
+        JOB_NAME,
+        selection=dg.AssetSelection.assets(*asset_keys(pipeline)),
+        description=f"Every stage of {root / DVC_YAML} in DVC order, with its blocking GX checks.",
+        executor_def=dg.in_process_executor,
+    )
+    return dg.Definitions(
+        assets=build_assets(pipeline),
+        asset_checks=build_checks(pipeline),
+        jobs=[pipeline_job],
+        resources={"dvc": DvcProject(project_dir=str(root), dvc_bin=default_dvc_bin())},
+        executor=dg.in_process_executor,
+    )
+
+
+defs = build_definitions()
