@@ -74,10 +74,12 @@ def test_package_then_serve_the_bento_over_http(tiny_rounds_project: Path, tmp_p
                 "user_id": users[k % len(users)], "candidates": items[k:k + 100]}, timeout=60).status_code,
                 range(48)))
         assert codes == [200] * 48
-        metrics = httpx.get(f"{url}/metrics", timeout=10).text
-        batches = [line for line in metrics.splitlines()
-                   if line.startswith("bentoml_service_adaptive_batch_size_count") and "score_rows" in line]
-        assert batches and float(batches[0].rsplit(" ", 1)[1]) >= 1, "ID scoring did not go through the batcher"
+        metrics = {line.split(" ")[0]: float(line.rsplit(" ", 1)[1])
+                   for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines()
+                   if line.startswith("expctr_ctr_batch_requests_")}
+        # every CTR request went through the adaptive batcher (count = forward passes, sum = requests)
+        assert metrics["expctr_ctr_batch_requests_sum"] >= 48, metrics
+        assert 1 <= metrics["expctr_ctr_batch_requests_count"] <= metrics["expctr_ctr_batch_requests_sum"]
         bad = httpx.post(f"{url}/predict", content=b"{oops", headers={"content-type": "application/json"})
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
     finally:
