@@ -5,6 +5,9 @@ Usage:  .venv/bin/python bench/llm_bench.py [--prompts 32] [--batch-sizes 8 16 3
 Needs the pipeline's `models/base_llm` and `data/llm_pairs` (`dvc repro llm_pairs`). Each phase runs in its own
 subprocess so its peak RSS is its own. Results: bench/results/llm.json.
 
+The serving pair of phases explains ONE user's history against N targets (what POST /predict does), plain
+batch-1 `generate` vs `expctr.serving.prefix_generation` (system text + history prefilled once).
+
 Both paths use the same explainer prompts (with the assistant prefix), greedy decoding and the same
 max_new_tokens; the plain path is what a first implementation does: one prompt at a time, `generate` until
 EOS or the token cap. Ours batches by prompt length with left padding and stops each row at its first
@@ -81,6 +84,51 @@ def phase_ours(args, batch_size: int) -> dict:
             "peak_rss_gib": peak_rss_gib()}
 
 
+def user_prompts(tok, params, n: int) -> list[str]:
+    """The serving case: ONE user's history with n candidate targets (what /predict explains at once)."""
+    import polars as pl
+
+    from expctr.explainer.rl import _prompt_text
+    from expctr.llm.prompts import EXPLANATION_PREFIX, as_item, explainer_messages, fit_history
+
+    def build(h, t):
+        return explainer_messages(h, t) + [{"role": "assistant", "content": EXPLANATION_PREFIX}]
+
+    pairs = pl.read_parquet(ROOT / "data" / "llm_pairs" / "test.parquet").head(n)
+    history = pairs["history"][0]
+    out = []
+    for target in pairs["target"].to_list():
+        fitted = fit_history(tok, history, as_item(target), params.llm.max_prompt_tokens, build=build)
+        out.append(_prompt_text(tok, build(fitted, as_item(target))))
+    return out
+
+
+def phase_user(args, shared: bool) -> dict:
+    import torch
+
+    from expctr.serving.prefix_generation import generate_shared_prefix
+
+    params, model, tok, _, _ = load(args.threads, 1)
+    prompts = user_prompts(tok, params, args.prompts)
+    started, new_tokens = time.perf_counter(), 0
+    if shared:
+        res = generate_shared_prefix(model, tok, prompts, max_new_tokens=params.llm.max_new_tokens)
+        new_tokens = sum(res.n_new_tokens)
+        path = f"serving: shared-prefix generate, one user's {len(prompts)} candidates in one batch"
+    else:
+        with torch.no_grad():
+            for prompt in prompts:
+                ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+                out = model.generate(**ids, max_new_tokens=params.llm.max_new_tokens, do_sample=False,
+                                     pad_token_id=tok.pad_token_id)
+                new_tokens += out.shape[1] - ids["input_ids"].shape[1]
+        path = f"serving: plain model.generate, batch 1, one user's {len(prompts)} candidates"
+    secs = time.perf_counter() - started
+    return {"path": path, "seconds": round(secs, 2), "new_tokens": int(new_tokens),
+            "explanations_per_s": round(len(prompts) / secs, 3), "tokens_per_s": round(new_tokens / secs, 2),
+            "peak_rss_gib": peak_rss_gib()}
+
+
 def phase_rl(args) -> dict:
     from expctr.explainer.rewards import FormatReward, JudgeScorer, LCReward, stage_reward
     from expctr.explainer.rl import train_policy
@@ -109,6 +157,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.phase:
         fn = {"plain": lambda: phase_plain(args), "ours": lambda: phase_ours(args, args.batch),
+              "plain_user": lambda: phase_user(args, shared=False), "shared": lambda: phase_user(args, shared=True),
               "rl": lambda: phase_rl(args)}[args.phase]
         print(json.dumps(fn()))
         return
@@ -117,7 +166,7 @@ def main() -> None:
             sys.exit(f"{ROOT / need} not found: run `dvc repro llm_pairs` first")
     common = ["--prompts", str(args.prompts), "--threads", str(args.threads), "--rl-steps", str(args.rl_steps)]
     phases = [["--phase", "plain"], *[["--phase", "ours", "--batch", str(b)] for b in args.batch_sizes],
-              ["--phase", "rl"]]
+              ["--phase", "plain_user"], ["--phase", "shared"], ["--phase", "rl"]]
     runs = []
     for extra in phases:
         out = subprocess.run([sys.executable, __file__, *common, *extra], capture_output=True, text=True,
@@ -126,8 +175,9 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         runs.append(row)
     plain = runs[0]["explanations_per_s"]
-    for row in runs[1:-1]:
+    for row in runs[1:-3]:
         row["speedup_explanations_per_s"] = round(row["explanations_per_s"] / plain, 2)
+    runs[-2]["speedup_explanations_per_s"] = round(runs[-2]["explanations_per_s"] / runs[-3]["explanations_per_s"], 2)
     report = {"prompts": args.prompts, "threads": args.threads, "cpu_count": os.cpu_count(), "runs": runs}
     (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
     (ROOT / "bench" / "results" / "llm.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -27,11 +27,11 @@ from expctr.evaluation.faithfulness import TitleIndex, unseen_mentions
 from expctr.explainer.rewards import explanation_of
 from expctr.explainer.rl import _prompt_text, load_explainer
 from expctr.llm.base_model import set_threads
-from expctr.llm.generation import generate
 from expctr.llm.prompts import Item, explainer_messages, fit_history
 from expctr.serving.bundle import read_manifest
 from expctr.serving.cache import ExplanationCache, explanation_key
 from expctr.serving.errors import DuplicateIds, InvalidRequest, LimitExceeded, UnknownId
+from expctr.serving.prefix_generation import generate_shared_prefix
 from expctr.serving.schemas import (
     ExplainRequest,
     ExplainResponse,
@@ -240,11 +240,15 @@ class ModelPair:
         return _prompt_text(tok, build(fitted, target)), fitted
 
     def _generate(self, prompts: list[str], sample: bool, seed: int) -> list[str]:
+        """One batch per call: one user's prompts share system text + history, prefilled once."""
         model, tok = self._explainer
-        res = generate(model, tok, prompts, max_new_tokens=self.limits.max_new_tokens,
-                       batch_size=self.limits.gen_batch_size, do_sample=sample, temperature=0.8, seed=seed,
-                       progress=False)
-        return [explanation_of(raw, self.prefix) for raw in res.raw_texts]
+        out: list[str] = []
+        for b in range(0, len(prompts), self.limits.gen_batch_size):
+            res = generate_shared_prefix(model, tok, prompts[b:b + self.limits.gen_batch_size],
+                                         max_new_tokens=self.limits.max_new_tokens, do_sample=sample,
+                                         temperature=0.8, seed=seed)
+            out += [explanation_of(raw, self.prefix) for raw in res.raw_texts]
+        return out
 
     def _unfaithful(self, text: str, history: list[Item], target: Item) -> bool:
         hist = [{"title": h.title, "year": h.year} for h in history]
