@@ -57,10 +57,14 @@ def dir_digest(path: str | Path) -> str:
 
 
 def git_commit(root: str | Path) -> str:
-    """HEAD's commit (with "+dirty" when the work tree has changes), or "unknown" outside git."""
+    """HEAD's commit (with "+dirty" when tracked files other than pipeline records changed), or "unknown".
+
+    metrics/ and dvc.lock are left out of the dirty check: DVC deletes a stage's metrics before running it and
+    rewrites the lock after, so they always differ while the `bento` stage runs."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)metrics", ":(exclude)dvc.lock"], cwd=root,
                                capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
