@@ -1,1 +1,0 @@
-"""ID-based CTR models (thin nn.Modules returning logits), one shared trainer, a popularity baseline."""

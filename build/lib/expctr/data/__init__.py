@@ -1,1 +1,0 @@
-"""Data: sources (fetch + parse public formats), labels, histories, splits, validation."""

@@ -1,1 +1,0 @@
-"""The explainer side of ExpCTR: LLM pairs, rewards (LC, IC), the RL stage runner and rounds."""

@@ -1,1 +1,0 @@
-"""One module per pipeline stage; each exposes `run(params, paths) -> metrics dict` used by the CLI."""

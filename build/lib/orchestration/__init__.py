@@ -1,1 +1,0 @@
-"""Dagster front door to the DVC stage graph in dvc.yaml (assets, blocking GX checks, a DVC resource)."""
