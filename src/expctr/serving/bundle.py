@@ -29,6 +29,7 @@ import yaml
 
 from expctr.config import Params
 from expctr.data.features import OOV, PAD, FeatureMap
+from expctr.data.sources import sha256_file
 from expctr.errors import ExpCTRError
 from expctr.llm.encoder import prepare_encoder
 from expctr.llm.prompts import EXPLANATION_PREFIX
@@ -36,14 +37,6 @@ from expctr.paths import ProjectPaths
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def dir_digest(path: str | Path) -> str:
