@@ -10,6 +10,15 @@ from pathlib import Path
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="expctr-test-bentoml-")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 
+
+def pytest_sessionfinish(session, exitstatus):
+    """The session's model store holds ~1 GB of copied model weights: remove it."""
+    import shutil
+
+    home = os.environ.get("BENTOML_HOME", "")
+    if Path(home).name.startswith("expctr-test-bentoml-"):
+        shutil.rmtree(home, ignore_errors=True)
+
 import pytest
 from support import SHARED_CACHE, TEST_THREADS, TINY_SLICE, make_params, run_cli, write_ml1m_dat
 
