@@ -164,11 +164,13 @@ class ModelPair:
             hist.append((self.item_row[e.item_id], e.rating >= self.threshold))
         return UserContext(COLD_START, OOV, PAD, PAD, PAD, tuple(hist[-self.k:]))
 
-    def candidate_rows(self, ids: list[str], field: str, limit: int) -> list[int]:
+    def candidate_rows(self, ids: list[str], field: str, limit: int, why: str = "") -> list[int]:
+        """Catalogue rows of `ids`; `why` qualifies the limit in the error ("with explain=true ")."""
         if not ids:
             raise InvalidRequest(f"{field} is empty; give at least one item id", field=field)
         if len(ids) > limit:
-            raise LimitExceeded(f"{field} has {len(ids)} items; the limit is {limit}", field=field)
+            note = " (explanations take about a second each)" if why else ""
+            raise LimitExceeded(f"{field} has {len(ids)} items; {why}the limit is {limit}{note}", field=field)
         if dup := _duplicates(ids):
             raise DuplicateIds(f"{field} lists item(s) more than once: {dup[:5]}", field=field)
         unknown = [(n, i) for n, i in enumerate(ids) if i not in self.item_row]
@@ -266,51 +268,52 @@ class ModelPair:
         hist_key = [(self.item_ids[r], liked) for r, liked in user.history]
         out: list[Explained | None] = [None] * len(rows)
         keys = [explanation_key(hist_key, self.item_ids[row], version) for row in rows]
-        todo = []
-        for n, key in enumerate(keys):
-            hit = self.cache.get(key)
-            if hit is not None:
-                out[n] = Explained(*hit, cached=True)
-            else:
-                todo.append(n)
+        todo = self._from_cache(keys, range(len(rows)), out)
         if not todo:
             return out  # type: ignore[return-value]
         with self._llm_lock:
             # another request may have generated some of these while this one waited for the lock
-            for n in list(todo):
-                hit = self.cache.get(keys[n])
-                if hit is not None:
-                    out[n] = Explained(*hit, cached=True)
-                    todo.remove(n)
+            todo = self._from_cache(keys, todo, out)
             if not todo:
                 return out  # type: ignore[return-value]
             history = self._history_items(user)
             targets = [self.items[rows[n]] for n in todo]
             prompts, fitted = zip(*(self._prompt(history, t) for t in targets))
             texts = self._generate(list(prompts), sample=False, seed=0)
-            bad = [j for j, t in enumerate(texts) if self._unfaithful(t, fitted[j], targets[j])]
-            retried: set[int] = set()
+            faithful = [not self._unfaithful(t, fitted[j], targets[j]) for j, t in enumerate(texts)]
+            bad = [j for j, ok in enumerate(faithful) if not ok]
             if bad:
                 seed = int(keys[todo[bad[0]]][:8], 16)
                 for j, text in zip(bad, self._generate([prompts[j] for j in bad], sample=True, seed=seed)):
                     texts[j] = text
-                    retried.add(j)
+                    faithful[j] = not self._unfaithful(text, fitted[j], targets[j])
             emb = self._embed(texts)
         for j, n in enumerate(todo):
-            value = (texts[j], not self._unfaithful(texts[j], fitted[j], targets[j]), j in retried, emb[j])
+            value = (texts[j], faithful[j], j in bad, emb[j])
             self.cache.put(keys[n], value)
             out[n] = Explained(*value)
         return out  # type: ignore[return-value]
+
+    def _from_cache(self, keys: list[str], todo, out: list[Explained | None]) -> list[int]:
+        """Fill `out[n]` for the cached keys among `todo`; return the indices still to generate."""
+        missing = []
+        for n in todo:
+            hit = self.cache.get(keys[n])
+            if hit is None:
+                missing.append(n)
+            else:
+                out[n] = Explained(*hit, cached=True)
+        return missing
 
     # ------------------------------------------------------------------ endpoints
     def prepare(self, req: PredictRequest) -> Prepared:
         """Validate ids and limits (typed 4xx errors) and pack one feature row per candidate."""
         user = self.resolve_user(req)
-        limit = self.limits.max_explain_candidates if req.explain else self.limits.max_candidates
-        if req.explain and len(req.candidates) > limit:
-            raise LimitExceeded(f"candidates has {len(req.candidates)} items; with explain=true the limit is "
-                                f"{limit} (explanations take about a second each)", field="candidates")
-        rows = self.candidate_rows(req.candidates, "candidates", limit)
+        if req.explain:
+            rows = self.candidate_rows(req.candidates, "candidates", self.limits.max_explain_candidates,
+                                       why="with explain=true ")
+        else:
+            rows = self.candidate_rows(req.candidates, "candidates", self.limits.max_candidates)
         return Prepared(user, rows, self.pack(user, rows))
 
     def respond(self, prepared: Prepared, probs: np.ndarray, expl: list[Explained] | None = None
