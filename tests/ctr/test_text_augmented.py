@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import polars as pl
 import pytest
@@ -123,13 +125,20 @@ def test_batch_from_columns_matches_ctrdata_on_real_rows(real_slice):
         assert torch.equal(built[k], v), k
 
 
-def test_an_informative_text_beats_the_id_model_on_a_real_slice(real_slice):
-    """The learning check for the text path: a noisy label signal in the 'explanation' must lift valid AUC."""
+@pytest.fixture(scope="module")
+def trained_din(real_slice):
+    """(split data, a DIN trained on the real slice): the ID model ExpCTR-Aug wraps; deep-copy before use."""
     fmap, frames = real_slice
     data = {s: CTRData.from_frame(frames[s]) for s in frames}
     p = CTRParams(max_epochs=2, patience=2, batch_size=512, lr=0.005, embed_dim=8, mlp_dims=[32])
     base = build_model("din", fmap, p, seed=0)
     fit(base, data["train"], data["valid"], p, seed=0, desc="din")
+    return data, base
+
+
+def test_an_informative_text_beats_the_id_model_on_a_real_slice(trained_din):
+    """The learning check for the text path: a noisy label signal in the 'explanation' must lift valid AUC."""
+    data, base = trained_din[0], copy.deepcopy(trained_din[1])
     base_auc = binary_metrics(data["valid"].labels.numpy(), predict(base, data["valid"], 4096))["auc"]
 
     rng = np.random.default_rng(0)
@@ -152,13 +161,9 @@ def test_an_informative_text_beats_the_id_model_on_a_real_slice(real_slice):
     assert aug_auc > base_auc + 0.05, (base_auc, aug_auc, res.curve)
 
 
-def test_noise_text_keeps_the_id_model(real_slice):
+def test_noise_text_keeps_the_id_model(trained_din):
     """Text unrelated to the label cannot beat the ID model on validation, so epoch 0 (Aug == ID) is kept."""
-    fmap, frames = real_slice
-    data = {s: CTRData.from_frame(frames[s]) for s in frames}
-    p = CTRParams(max_epochs=2, patience=2, batch_size=512, lr=0.005, embed_dim=8, mlp_dims=[32])
-    base = build_model("din", fmap, p, seed=0)
-    fit(base, data["train"], data["valid"], p, seed=0, desc="din")
+    data, base = trained_din[0], copy.deepcopy(trained_din[1])
     base_probs = predict(base, data["valid"], 4096)
 
     rng = np.random.default_rng(1)
