@@ -88,8 +88,13 @@ def user_prompts(tok, params, n: int) -> list[str]:
     """The serving case: ONE user's history with n candidate targets (what /predict explains at once)."""
     import polars as pl
 
-    from expctr.explainer.rl import _prompt_text
-    from expctr.llm.prompts import EXPLANATION_PREFIX, as_item, explainer_messages, fit_history
+    from expctr.llm.prompts import (
+        EXPLANATION_PREFIX,
+        as_item,
+        explainer_messages,
+        fit_history,
+        rendered_prompt,
+    )
 
     def build(h, t):
         return explainer_messages(h, t) + [{"role": "assistant", "content": EXPLANATION_PREFIX}]
@@ -99,7 +104,7 @@ def user_prompts(tok, params, n: int) -> list[str]:
     out = []
     for target in pairs["target"].to_list():
         fitted = fit_history(tok, history, as_item(target), params.llm.max_prompt_tokens, build=build)
-        out.append(_prompt_text(tok, build(fitted, as_item(target))))
+        out.append(rendered_prompt(tok, build(fitted, as_item(target))))
     return out
 
 

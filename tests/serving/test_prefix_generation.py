@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from expctr.explainer.rl import _prompt_text
 from expctr.llm.base_model import load_model, load_tokenizer
 from expctr.llm.generation import generate
-from expctr.llm.prompts import EXPLANATION_PREFIX, Item, explainer_messages
+from expctr.llm.prompts import EXPLANATION_PREFIX, Item, explainer_messages, rendered_prompt
 from expctr.serving.prefix_generation import common_prefix_len, generate_shared_prefix
 
 HISTORY = [Item("Toy Story", 1995, ("Animation", "Comedy"), True), Item("Heat", 1995, ("Action", "Crime"), False),
@@ -22,7 +21,7 @@ def llm(base_model_dir):
 
 
 def prompts_for(tok, history):
-    return [_prompt_text(tok, explainer_messages(history, t) + [{"role": "assistant", "content": EXPLANATION_PREFIX}])
+    return [rendered_prompt(tok, explainer_messages(history, t) + [{"role": "assistant", "content": EXPLANATION_PREFIX}])
             for t in TARGETS]
 
 

@@ -56,7 +56,7 @@ from expctr.errors import ExpCTRError
 from expctr.explainer.rewards import completion_text
 from expctr.io import atomic_path
 from expctr.llm.base_model import load_model, load_tokenizer, set_threads
-from expctr.llm.prompts import as_item, encode_messages, explainer_messages, fit_history, render_messages
+from expctr.llm.prompts import as_item, explainer_messages, fit_history, rendered_prompt
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 ADAPTER_NAME = "default"
@@ -128,7 +128,7 @@ def build_prompt_dataset(pairs, tokenizer, max_prompt_tokens: int, assistant_pre
         fitted = fit_history(tokenizer, history, target, max_prompt_tokens, build=build)
         messages = build(fitted, target)
         out = {
-            "prompt": _prompt_text(tokenizer, messages) if assistant_prefix else messages,
+            "prompt": rendered_prompt(tokenizer, messages) if assistant_prefix else messages,
             "history": [_item_dict(h) for h in fitted],
             "n_history_dropped": len(history) - len(fitted),
             "target": _item_dict(target),
@@ -140,22 +140,6 @@ def build_prompt_dataset(pairs, tokenizer, max_prompt_tokens: int, assistant_pre
             out["explanation_prefix"] = assistant_prefix
         rows.append(out)
     return datasets.Dataset.from_list(rows)
-
-
-def _prompt_text(tokenizer, messages) -> str:
-    """The prompt as text that TRL's plain `tokenizer(text)` turns into exactly the chat-template token ids.
-
-    A tokenizer that adds a BOS itself (Llama style) would double the template's BOS: it is stripped from the
-    text then. Any other mismatch is an error rather than a silently different prompt.
-    """
-    text = render_messages(tokenizer, messages)
-    want = encode_messages(tokenizer, messages)
-    if tokenizer(text)["input_ids"] != want and tokenizer.bos_token and text.startswith(tokenizer.bos_token):
-        text = text[len(tokenizer.bos_token):]
-    if tokenizer(text)["input_ids"] != want:
-        raise ExpCTRError("this tokenizer does not re-tokenise the rendered chat prompt to the same ids; "
-                          "use assistant_prefix=None (conversational prompts) with it")
-    return text
 
 
 # ----------------------------------------------------------------------------------------------- adapters

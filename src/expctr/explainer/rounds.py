@@ -22,6 +22,7 @@ import torch
 
 from expctr.config import Params
 from expctr.ctr.batch import CTRData
+from expctr.ctr.checkpoint import load_id_model
 from expctr.ctr.text_augmented import ic_probability, save_text_ctr, train_text_ctr, with_text
 from expctr.ctr.trainer import binary_metrics, predict
 from expctr.data.features import SPLITS, FeatureMap
@@ -95,8 +96,6 @@ def run_round(params: Params, paths: ProjectPaths, k: int) -> dict[str, Any]:
         raise ExpCTRError(f"{init_adapter} not found: run explainer round {k - 1} first")
     pairs = {s: pl.read_parquet(paths.llm_pairs / f"{s}.parquet") for s in SPLITS}
     fmap = FeatureMap.load(paths.ctr_models / "feature_map.json")
-    from expctr.stages.ctr_model import load_model as load_id_model
-
     id_model = load_id_model(paths.ctr_models / f"{params.ctr.model}.pt", fmap)
     tokenizer = load_tokenizer(base_dir)
     judge_model = load_model(base_dir, dtype=llm.dtype, device=llm.device)

@@ -129,18 +129,7 @@ def generate(
     counts: list[int] = [0] * n
     ended: list[bool] = [False] * n  # stopped by eos or the sentence criterion before the token cap
 
-    gen_config = copy.deepcopy(model.generation_config)
-    gen_config.update(max_new_tokens=max_new_tokens, do_sample=do_sample,
-                      pad_token_id=tokenizer.pad_token_id,
-                      eos_token_id=gen_config.eos_token_id if gen_config.eos_token_id is not None
-                      else tokenizer.eos_token_id)
-    if do_sample:
-        gen_config.update(temperature=temperature, top_p=top_p, top_k=None)
-    else:
-        gen_config.update(temperature=None, top_p=None, top_k=None)
-    stop_ids = {tokenizer.pad_token_id}
-    eos = gen_config.eos_token_id
-    stop_ids.update(eos if isinstance(eos, list) else [eos])
+    gen_config, stop_ids = generation_config(model, tokenizer, max_new_tokens, do_sample, temperature, top_p)
 
     devices = [model.device.index or 0] if model.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.inference_mode():
@@ -154,16 +143,42 @@ def generate(
             stops = [_SentenceStop(tokenizer, prompt_len)] if stop_at_sentence else []
             criteria = StoppingCriteriaList(stops)
             out = model.generate(**batch, generation_config=gen_config, stopping_criteria=criteria)
-            new = out[:, prompt_len:].tolist()
-            for row, i in enumerate(idx):
-                toks = new[row]
-                k = next((j for j, t in enumerate(toks) if t in stop_ids), len(toks))
-                counts[i] = k
-                ended[i] = k < len(toks)
-                raw[i] = tokenizer.decode(toks[:k], skip_special_tokens=True)
+            for i, (text, count, stopped) in zip(idx, decode_new_tokens(tokenizer, out[:, prompt_len:], stop_ids)):
+                raw[i], counts[i], ended[i] = text, count, stopped
             bar.update(len(idx))
         bar.close()
 
+    return generation_result(raw, counts, ended, stop_at_sentence)
+
+
+def generation_config(model, tokenizer, max_new_tokens: int, do_sample: bool, temperature: float = 1.0,
+                      top_p: float = 1.0):
+    """(GenerationConfig, stop token ids): the model's own config with our decoding settings (greedy unless
+    `do_sample`; no top-k), and the ids that end a row (eos and padding)."""
+    gen_config = copy.deepcopy(model.generation_config)
+    eos = gen_config.eos_token_id if gen_config.eos_token_id is not None else tokenizer.eos_token_id
+    gen_config.update(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=eos)
+    if do_sample:
+        gen_config.update(temperature=temperature, top_p=top_p, top_k=None)
+    else:
+        gen_config.update(temperature=None, top_p=None, top_k=None)
+    stop_ids = {tokenizer.pad_token_id, *(eos if isinstance(eos, list) else [eos])}
+    return gen_config, stop_ids
+
+
+def decode_new_tokens(tokenizer, new_tokens, stop_ids) -> list[tuple[str, int, bool]]:
+    """Per row of generated ids: (text up to the first stop id, its token count, whether a stop id ended it)."""
+    out = []
+    for toks in new_tokens.tolist():
+        k = next((j for j, t in enumerate(toks) if t in stop_ids), len(toks))
+        out.append((tokenizer.decode(toks[:k], skip_special_tokens=True), k, k < len(toks)))
+    return out
+
+
+def generation_result(raw: list[str], counts: list[int], ended: list[bool],
+                      stop_at_sentence: bool = True) -> GenerationResult:
+    """The result a generator returns: a row is complete when it stopped by itself or ended a sentence."""
     complete = [e or sentence_end(r, final=False) is not None for e, r in zip(ended, raw)]
     texts = [first_sentence(r) if stop_at_sentence else r.strip() for r in raw]
-    return GenerationResult(texts=texts, raw_texts=raw, n_new_tokens=counts, complete=complete)
+    return GenerationResult(texts=texts, raw_texts=list(raw), n_new_tokens=list(counts), complete=complete)

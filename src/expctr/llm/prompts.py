@@ -162,6 +162,24 @@ def encode_messages(tokenizer, messages: Sequence[Message]) -> list[int]:
                                               sanitize_control_tokens=True, **_template_kwargs(messages)))
 
 
+def rendered_prompt(tokenizer, messages: Sequence[Message]) -> str:
+    """The prompt as text that a plain `tokenizer(text)` turns into exactly the chat-template token ids.
+
+    Why: TRL and the serving path take text prompts, and an open assistant turn (the verdict prefix) cannot be
+    expressed as conversational messages there. A tokenizer that adds a BOS itself (Llama style) would double
+    the template's BOS: it is stripped from the text then. Any other mismatch is an error rather than a
+    silently different prompt.
+    """
+    text = render_messages(tokenizer, messages)
+    want = encode_messages(tokenizer, messages)
+    if tokenizer(text)["input_ids"] != want and tokenizer.bos_token and text.startswith(tokenizer.bos_token):
+        text = text[len(tokenizer.bos_token):]
+    if tokenizer(text)["input_ids"] != want:
+        raise ValueError("this tokenizer does not re-tokenise the rendered chat prompt to the same ids; "
+                         "use conversational prompts (no open assistant turn) with it")
+    return text
+
+
 def fit_history(tokenizer, history: Sequence[Item | Mapping[str, Any]], target: Item | Mapping[str, Any],
                 max_prompt_tokens: int,
                 build: Callable[[list[Item], Item], list[Message]] = explainer_messages) -> list[Item]:

@@ -25,9 +25,9 @@ from expctr.ctr.text_augmented import load_text_ctr
 from expctr.data.features import HIST_CLICK_NO, HIST_CLICK_YES, OOV, PAD, SCALAR_FIELDS, FeatureMap
 from expctr.evaluation.faithfulness import TitleIndex, unseen_mentions
 from expctr.explainer.rewards import explanation_of
-from expctr.explainer.rl import _prompt_text, load_explainer
+from expctr.explainer.rl import load_explainer
 from expctr.llm.base_model import set_threads
-from expctr.llm.prompts import Item, explainer_messages, fit_history
+from expctr.llm.prompts import Item, explainer_messages, fit_history, rendered_prompt
 from expctr.serving.bundle import read_manifest
 from expctr.serving.cache import ExplanationCache, explanation_key
 from expctr.serving.errors import DuplicateIds, InvalidRequest, LimitExceeded, UnknownId
@@ -239,7 +239,7 @@ class ModelPair:
 
         tok = self._explainer[1]
         fitted = fit_history(tok, history, target, int(self.manifest["max_prompt_tokens"]), build=build)
-        return _prompt_text(tok, build(fitted, target)), fitted
+        return rendered_prompt(tok, build(fitted, target)), fitted
 
     def _generate(self, prompts: list[str], sample: bool, seed: int) -> list[str]:
         """One batch per call: one user's prompts share system text + history, prefilled once."""

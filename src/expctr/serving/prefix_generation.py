@@ -15,7 +15,6 @@ fewer than `min_prefix` tokens.
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Sequence
 
@@ -23,9 +22,10 @@ from expctr.llm.generation import (
     GenerationResult,
     _encode_prompt,
     _SentenceStop,
-    first_sentence,
+    decode_new_tokens,
     generate,
-    sentence_end,
+    generation_config,
+    generation_result,
 )
 
 
@@ -57,12 +57,7 @@ def generate_shared_prefix(model, tokenizer, prompts: Sequence[str], *, max_new_
     ids = [encoded[0][:p_len] + [pad] * (width - len(s)) + s for s in suffixes]
     mask = [[1] * p_len + [0] * (width - len(s)) + [1] * len(s) for s in suffixes]
 
-    gen_config = copy.deepcopy(model.generation_config)
-    eos = gen_config.eos_token_id if gen_config.eos_token_id is not None else tokenizer.eos_token_id
-    gen_config.update(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad, eos_token_id=eos)
-    gen_config.update(**({"temperature": temperature, "top_p": 1.0, "top_k": None} if do_sample
-                         else {"temperature": None, "top_p": None, "top_k": None}))
-    stop_ids = {pad, *(eos if isinstance(eos, list) else [eos])}
+    gen_config, stop_ids = generation_config(model, tokenizer, max_new_tokens, do_sample, temperature)
 
     dev = model.device
     devices = [dev.index or 0] if dev.type == "cuda" else []
@@ -78,15 +73,8 @@ def generate_shared_prefix(model, tokenizer, prompts: Sequence[str], *, max_new_
             out = model.generate(input_ids=input_ids, attention_mask=torch.tensor(mask, device=dev),
                                  past_key_values=cache, generation_config=gen_config,
                                  stopping_criteria=StoppingCriteriaList([_SentenceStop(tokenizer, prompt_len)]))
-    raw, counts, ended = [], [], []
-    for toks in out[:, prompt_len:].tolist():
-        k = next((j for j, t in enumerate(toks) if t in stop_ids), len(toks))
-        counts.append(k)
-        ended.append(k < len(toks))
-        raw.append(tokenizer.decode(toks[:k], skip_special_tokens=True))
-    complete = [e or sentence_end(r, final=False) is not None for e, r in zip(ended, raw)]
-    return GenerationResult(texts=[first_sentence(r) for r in raw], raw_texts=raw, n_new_tokens=counts,
-                            complete=complete)
+    rows = decode_new_tokens(tokenizer, out[:, prompt_len:], stop_ids)
+    return generation_result([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
 
 
 __all__ = ["common_prefix_len", "generate_shared_prefix"]

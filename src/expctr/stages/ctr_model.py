@@ -12,6 +12,7 @@ from sklearn.metrics import roc_curve
 
 from expctr.config import Params
 from expctr.ctr.batch import CTRData
+from expctr.ctr.checkpoint import save_id_model
 from expctr.ctr.models import build_model
 from expctr.ctr.popularity import Popularity
 from expctr.ctr.trainer import binary_metrics, fit, predict
@@ -32,22 +33,6 @@ def roc_points(labels: np.ndarray, probs: np.ndarray, max_points: int = 200) -> 
     fpr, tpr, _ = roc_curve(labels, probs)
     keep = np.unique(np.linspace(0, len(fpr) - 1, min(max_points, len(fpr))).astype(int))
     return pl.DataFrame({"fpr": np.round(fpr[keep], 5), "tpr": np.round(tpr[keep], 5)})
-
-
-def save_model(path, name: str, model: torch.nn.Module, params: Params, fit_info: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"name": name, "state_dict": model.state_dict(), "ctr_params": params.ctr.model_dump(),
-                    "fit": fit_info}, tmp)
-
-
-def load_model(path, fmap: FeatureMap) -> torch.nn.Module:
-    """Rebuild a saved ID model from its checkpoint and feature map."""
-    from expctr.config import CTRParams
-
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    model = build_model(ckpt["name"], fmap, CTRParams.model_validate(ckpt["ctr_params"]))
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval()
 
 
 def run(params: Params, paths: ProjectPaths) -> dict:
@@ -78,7 +63,7 @@ def run(params: Params, paths: ProjectPaths) -> dict:
                         "seconds_per_epoch": round(float(np.mean(epoch_s)), 3),
                         "train_seconds": round(time.perf_counter() - started, 3),
                         "parameters": sum(t.numel() for t in model.parameters())}
-                save_model(out / f"{name}.pt", name, model.cpu(), params, info)
+                save_id_model(out / f"{name}.pt", name, model.cpu(), params.ctr, info)
                 curves[name] = pl.DataFrame(res.curve)
             test = binary_metrics(test_labels, probs)
             results[name] = {"test_auc": test["auc"], "test_logloss": test["logloss"], **info}
