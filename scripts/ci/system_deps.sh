@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# System packages and daemons for the heavy test layers (run as root by .ci/run's second step).
+# Each section is idempotent: a machine that already has the package or the running daemon is left as is.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+# --- browser layer (marker `browser`): Debian's chromium, driven by Playwright through executable_path
+
+# --- container layer (marker `container`): Debian's docker.io daemon on host networking, debootstrap
