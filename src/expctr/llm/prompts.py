@@ -40,6 +40,16 @@ EXPLAINER_TASK = (
 )
 # The explainer's assistant turn is opened with this text, so every explanation starts with a verdict.
 EXPLANATION_PREFIX = "The user will probably"
+POSITIVE_VERDICT = "enjoy"
+NEGATIVE_VERDICT = "not enjoy"
+
+
+def verdict_prefix(positive: bool) -> str:
+    """The assistant opening with a verdict already chosen ("The user will probably enjoy" / "... not enjoy"):
+    the explainer then writes only the reason. Used where the verdict must follow a given score (serving)."""
+    return f"{EXPLANATION_PREFIX} {POSITIVE_VERDICT if positive else NEGATIVE_VERDICT}"
+
+
 JUDGE_QUESTION = "Will the user like the target movie? Answer Yes or No."
 READOUT_AFTER_EXPLANATION = "So the answer is"  # judge reads " Yes"/" No" right after this
 READOUT_ZERO_SHOT = "The answer is"
