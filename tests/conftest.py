@@ -62,11 +62,13 @@ def tiny_real_project(tmp_path_factory) -> Path:
 
 TEST_BASE_MODEL = SHARED_CACHE / "test-base-model"
 TINY_LLM = {
-    "llm.source": str(TEST_BASE_MODEL), "llm.max_new_tokens": 12, "llm.max_prompt_tokens": 256,
-    "llm.threads": TEST_THREADS,
-    "pairs.train": 4, "pairs.valid": 4, "pairs.test": 8,
+    "llm.source": str(TEST_BASE_MODEL), "llm.max_new_tokens": 12, "llm.max_prompt_tokens": 176,
+    "llm.threads": TEST_THREADS, "llm.gen_batch_size": 8, "llm.judge_batch_size": 8,
+    "pairs.train": 12, "pairs.valid": 4, "pairs.test": 8,
+    "rl.verdict_prompts": 8, "rl.verdict_batch_size": 4,
     "rl.lc_steps": 1, "rl.ic_steps": 1, "rl.prompts_per_step": 2, "rl.num_generations": 2,
-    "rl.max_completion_length": 12, "text_ctr.max_epochs": 2, "rounds": 2,
+    "rl.max_completion_length": 12, "text_ctr.max_epochs": 2, "text_ctr.train_pairs": 6, "rounds": 2,
+    "evaluation.round_test_pairs": 6, "evaluation.bootstrap": 50,
     "ctr.compare": ["popularity", "din"], "ctr.max_epochs": 1,
 }
 
@@ -87,8 +89,9 @@ def base_model_dir(base_model_info) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_rounds_project(tiny_real_project: Path, tmp_path_factory, base_model_dir) -> Path:
-    """The whole LLM side on the tiny real slice: ctr_model, base_llm, llm_pairs and two rounds (one RL step
-    per stage, 4/4/8 pairs). Shared by the round and report tests; copy it before changing anything."""
+    """The whole LLM side on the tiny real slice: ctr_model, base_llm, llm_pairs, round 0 and two rounds (two
+    verdict steps and one GRPO step per stage, 12/4/8 pairs). Shared by the round, report and serving tests; copy
+    it before changing anything."""
     import shutil
 
     root = tmp_path_factory.mktemp("rounds")
@@ -96,6 +99,6 @@ def tiny_rounds_project(tiny_real_project: Path, tmp_path_factory, base_model_di
     make_params(root, **{**TINY_SLICE, **TINY_LLM})
     for stage in ("ctr-model", "base-llm", "llm-pairs"):
         run_cli(root, stage)
-    for k in (1, 2):
+    for k in (0, 1, 2):
         run_cli(root, "explainer-round", "--round", str(k))
     return root

@@ -77,7 +77,8 @@ def llm_pairs(root: Path = RootOpt, params: str = ParamsOpt) -> None:
 
 @app.command("explainer-round")
 def explainer_round(
-    round: int = typer.Option(..., "--round", "-r", min=1, help="Which round (1..rounds in params.yaml)."),
+    round: int = typer.Option(..., "--round", "-r", min=0,
+                              help="Which round: 1..rounds (params.yaml), or 0 = evaluate the base explainer before any RL."),
     root: Path = RootOpt,
     params: str = ParamsOpt,
 ) -> None:

@@ -74,7 +74,8 @@ class LLMParams(_Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "cpu"
     threads: int = Field(default=2, ge=1)
-    max_prompt_tokens: int = Field(default=384, ge=64)
+    max_prompt_tokens: int = Field(default=176, ge=64)
+    target_stats: bool = True  # state the target's viewers and share of likes (before the pair's time)
     max_new_tokens: int = Field(default=40, ge=4)
     gen_batch_size: int = Field(default=8, ge=1)
     judge_batch_size: int = Field(default=8, ge=1)
@@ -83,20 +84,21 @@ class LLMParams(_Strict):
 class PairsParams(_Strict):
     """Seeded sample sizes of (user, target) pairs the LLM stages work on, per split."""
 
-    train: int = Field(default=96, ge=2)
-    valid: int = Field(default=48, ge=2)
-    test: int = Field(default=200, ge=2)
-    balance_train: bool = True  # half clicks, half non-clicks in the RL prompts
+    train: int = Field(default=1000, ge=2)  # the RL pool: each stage samples its prompts from it
+    valid: int = Field(default=160, ge=2)  # ExpCTR-Aug's early stopping
+    test: int = Field(default=1000, ge=2)  # the final round is evaluated on all of them
+    balance_train: bool = False  # True: half clicks, half non-clicks (the verdict mix then drifts from the data)
 
 
 class RewardParams(_Strict):
     """Reward formulas (see expctr.explainer.rewards for the exact definitions)."""
 
-    kind: Literal["logprob", "prob"] = "logprob"
+    kind: Literal["logprob", "prob"] = "prob"
     lc_weight: float = 1.0  # LC term in the LC stage
     ic_weight: float = 1.0  # IC term in the IC stage
-    ic_lc_weight: float = 0.5  # lambda: LC term added in the IC stage
-    consistency_weight: float = 0.0  # agreement of text-CTR with the plain ID model (IC stage)
+    ic_form: Literal["agree", "aug"] = "agree"  # agree: the judge agrees with the ID model; aug: ExpCTR-Aug's P(label)
+    ic_lc_weight: float = 0.0  # lambda: LC term added in the IC stage (> 0 needs labelled IC pairs)
+    consistency_weight: float = 0.0  # aug form only: |p_aug - p_id| penalty
     format_weight: float = 1.0  # scale of the format penalty (empty, not one sentence, no verdict, copying)
 
 
@@ -107,9 +109,15 @@ class RLParams(_Strict):
     lora_alpha: int = Field(default=16, ge=1)
     lora_dropout: float = Field(default=0.05, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
-    learning_rate: float = Field(default=1e-4, gt=0)
-    lc_steps: int = Field(default=6, ge=1)
-    ic_steps: int = Field(default=6, ge=1)
+    lora_layers_from: int | None = Field(default=None, ge=0)  # LoRA on layers >= k only (None: every layer)
+    learning_rate: float = Field(default=1e-4, gt=0)  # GRPO (reason step)
+    # dense verdict step (expctr.explainer.verdict): prompts per stage, batch, rate, tilt temperature
+    verdict_prompts: int = Field(default=500, ge=0)
+    verdict_batch_size: int = Field(default=8, ge=1)
+    verdict_lr: float = Field(default=5e-4, gt=0)
+    verdict_temperature: float = Field(default=0.25, gt=0)
+    lc_steps: int = Field(default=4, ge=0)  # GRPO reason steps per stage (0: verdict step only)
+    ic_steps: int = Field(default=4, ge=0)
     prompts_per_step: int = Field(default=2, ge=1)
     num_generations: int = Field(default=4, ge=2)
     max_completion_length: int = Field(default=40, ge=4)
@@ -122,6 +130,7 @@ class RLParams(_Strict):
 class TextCTRParams(_Strict):
     """ExpCTR-Aug: the ID model plus a projection of the explanation embedding."""
 
+    train_pairs: int = Field(default=256, ge=2)  # pool pairs explained per round to train it on
     proj_dim: int = Field(default=16, ge=1)
     hidden: list[int] = Field(default_factory=lambda: [32])
     max_epochs: int = Field(default=30, ge=1)
@@ -129,6 +138,13 @@ class TextCTRParams(_Strict):
     lr: float = Field(default=1e-3, gt=0)
     batch_size: int = Field(default=64, ge=1)
     finetune_base: bool = False
+
+
+class EvaluationParams(_Strict):
+    """How the rounds are evaluated (the final round always on all `pairs.test` pairs)."""
+
+    round_test_pairs: int = Field(default=500, ge=2)  # rounds before the last (and round 0) use the first n
+    bootstrap: int = Field(default=1000, ge=10)  # resamples for the 95 % AUC intervals
 
 
 class ServingParams(_Strict):
@@ -164,6 +180,7 @@ class Params(BaseModel):
     rl: RLParams = Field(default_factory=RLParams)
     text_ctr: TextCTRParams = Field(default_factory=TextCTRParams)
     rounds: int = Field(default=3, ge=1)
+    evaluation: EvaluationParams = Field(default_factory=EvaluationParams)
     serving: ServingParams = Field(default_factory=ServingParams)
 
 

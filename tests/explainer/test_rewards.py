@@ -21,11 +21,14 @@ from expctr.data.features import FeatureMap
 from expctr.explainer.rewards import (
     CombinedReward,
     FormatReward,
+    ICAgreementReward,
     ICReward,
+    JudgeScorer,
     LCReward,
     combine,
     completion_text,
     copied_ngram,
+    soft_target_reward,
     stage_reward,
     stance,
 )
@@ -104,6 +107,80 @@ def test_lc_errors_are_clear():
         LCReward(TableScorer({}))(prompts=["p"], completions=[POS], history=[HISTORY], target=[TARGET])
     with pytest.raises(ValueError, match="kind"):
         LCReward(TableScorer({}), kind="margin")
+
+
+# --- IC, agreement form -------------------------------------------------------------------------------------
+
+def test_soft_target_reward_by_hand():
+    p, t = [0.8, 0.8, 0.3, 0.5], [0.9, 0.1, 0.25, 0.5]
+    # logprob: t log p + (1 - t) log(1 - p)  (= -BCE(t, p))
+    want_log = [0.9 * math.log(0.8) + 0.1 * math.log(0.2), 0.1 * math.log(0.8) + 0.9 * math.log(0.2),
+                0.25 * math.log(0.3) + 0.75 * math.log(0.7), math.log(0.5)]
+    assert soft_target_reward(p, t, "logprob") == pytest.approx(want_log, abs=1e-12)
+    # prob: t p + (1 - t)(1 - p)  (the chance that the two agree)
+    want_prob = [0.9 * 0.8 + 0.1 * 0.2, 0.1 * 0.8 + 0.9 * 0.2, 0.25 * 0.3 + 0.75 * 0.7, 0.5]
+    assert soft_target_reward(p, t, "prob") == pytest.approx(want_prob, abs=1e-12)
+    # hard targets give exactly the LC forms: log p_true and p_true
+    assert soft_target_reward([0.8, 0.8], [1, 0], "logprob") == pytest.approx([math.log(0.8), math.log(0.2)])
+    assert soft_target_reward([1.0], [0.0], "logprob") == pytest.approx([math.log(1e-4)])  # clipped
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        soft_target_reward([0.5], [1.5], "prob")
+
+
+def test_ic_agreement_reward_by_hand_and_without_labels():
+    """r_IC = soft_target_reward(p_judge, p_id): the judge reading the explanation agrees with the ID model.
+    No `label` column is passed: the IC reward needs none."""
+    scorer = TableScorer({readout(POS): 0.8, readout(NEG): 0.3})
+    ic = ICAgreementReward(LCReward(scorer), kind="prob", name="ic")
+    logged = {}
+    got = ic(prompts=["p"] * 3, completions=[POS, NEG, POS], history=[HISTORY] * 3, target=[TARGET] * 3,
+             p_id=[0.9, 0.9, 0.2], log_extra=lambda col, vals: logged.__setitem__(col, vals))
+    assert got == pytest.approx([0.9 * 0.8 + 0.1 * 0.2, 0.9 * 0.3 + 0.1 * 0.7, 0.2 * 0.8 + 0.8 * 0.2])
+    assert logged == {"ic/p_judge": pytest.approx([0.8, 0.3, 0.8]), "ic/p_id": pytest.approx([0.9, 0.9, 0.2])}
+    neg_bce = ICAgreementReward(LCReward(scorer), kind="logprob")(
+        prompts=["p"], completions=[POS], history=[HISTORY], target=[TARGET], p_id=[0.9])
+    assert neg_bce == pytest.approx([0.9 * math.log(0.8) + 0.1 * math.log(0.2)])
+    with pytest.raises(KeyError, match="p_id"):
+        ic(prompts=["p"], completions=[POS], history=[HISTORY], target=[TARGET])
+
+
+def test_ic_agreement_reward_computes_p_id_from_the_id_model(aug):
+    """Without a `p_id` column the ID model scores the pair's ID features (again no label)."""
+    base, columns = aug.base, IC_COLUMNS
+    scorer = TableScorer({readout(POS): 0.8})
+    n = len(columns["user_idx"])
+    ic = ICAgreementReward(LCReward(scorer), id_model=base, kind="prob")
+    kwargs = {k: v for k, v in columns.items() if k != "label"}
+    got = ic(prompts=["p"] * n, completions=[POS] * n, history=[HISTORY] * n, target=[TARGET] * n, **kwargs)
+    from expctr.ctr.text_augmented import batch_from_columns
+
+    with torch.no_grad():
+        p_id = torch.sigmoid(base(batch_from_columns(kwargs))).double().numpy()
+    assert got == pytest.approx(p_id * 0.8 + (1 - p_id) * 0.2)
+
+
+def test_judge_scorer_groups_memoises_and_remembers(judge):
+    """One judge pass per distinct prompt; known readings (llm_pairs' precomputed ones) cost no pass at all."""
+    model, tok = judge
+    calls = []
+    scorer = JudgeScorer(model, tok, batch_size=4)
+    real_forward = model.forward
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("input_ids").shape)
+        return real_forward(*args, **kwargs)
+
+    model.forward = counting
+    try:
+        first = scorer([judge_messages(HISTORY, TARGET, POS), judge_messages(HISTORY, TARGET, NEG)])
+        n = len(calls)
+        again = scorer([judge_messages(HISTORY, TARGET, NEG), judge_messages(HISTORY, TARGET, POS)])
+        assert len(calls) == n and again == pytest.approx(first[::-1])
+        scorer.remember([judge_messages(HISTORY, TARGET, "The user will probably enjoy it.")], [0.123])
+        assert scorer([judge_messages(HISTORY, TARGET, "The user will probably enjoy it.")]) == pytest.approx([0.123])
+        assert len(calls) == n
+    finally:
+        del model.forward
 
 
 @pytest.fixture(scope="module")

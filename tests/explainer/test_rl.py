@@ -2,7 +2,8 @@
 
 One GRPO step (2 prompts x 2 completions of <= 12 tokens) with a plain deterministic reward must move the
 LoRA weights and leave every base weight bit-identical (like TRL's own PEFT test); the saved adapter
-directory holds only the adapter files, reloads to the same tensors, and a continued stage starts from them.
+directory holds only the adapter files, reloads to the same tensors, and a continued stage (verdict step, then a
+GRPO step under verdicts drawn from the policy) starts from them.
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ def test_prompt_dataset_fits_the_budget_and_carries_reward_columns(dataset, pair
         for c in ID_COLUMNS:
             assert isinstance(row[c], (int, list)), c
     assert sorted(dataset["label"]) == [0, 1]  # balanced sample
+    assert "p_id" not in dataset.column_names  # optional columns only when the pairs have them
     assert all(isinstance(v, int) for v in dataset[0]["hist_item_idx"])
 
 
@@ -123,9 +125,25 @@ def test_prompt_dataset_with_an_assistant_prefix(pairs, tokenizer):
     assert completion_text([{"role": "assistant", "content": "Fine."}]) == "Fine."
 
 
+def test_prompt_dataset_per_row_prefixes_and_no_label(pairs, tokenizer):
+    """Verdict-opened prompts (one prefix per row) share the history fitted for the plain prefix, and a frame
+    without labels (the IC stage's) still builds."""
+    from expctr.llm.prompts import verdict_prefix
+
+    plain = build_prompt_dataset(pairs, tokenizer, MAX_PROMPT_TOKENS, "The user will probably")
+    opened = build_prompt_dataset(pairs.drop("label"), tokenizer, MAX_PROMPT_TOKENS,
+                                  [verdict_prefix(True), verdict_prefix(False)])
+    assert "label" not in opened.column_names
+    assert [r["explanation_prefix"] for r in opened] == [verdict_prefix(True), verdict_prefix(False)]
+    assert opened["history"] == plain["history"]
+    assert opened[1]["prompt"].endswith("The user will probably not enjoy")
+
+
 def test_prompt_dataset_errors(pairs, tokenizer):
-    with pytest.raises(ExpCTRError, match="label"):
-        build_prompt_dataset(pairs.drop("label"), tokenizer, MAX_PROMPT_TOKENS)
+    with pytest.raises(ExpCTRError, match="hist_click"):
+        build_prompt_dataset(pairs.drop("hist_click"), tokenizer, MAX_PROMPT_TOKENS)
+    with pytest.raises(ExpCTRError, match="3 assistant prefixes for 2 pairs"):
+        build_prompt_dataset(pairs, tokenizer, MAX_PROMPT_TOKENS, ["a", "b", "c"])
     with pytest.raises(ValueError, match="does not fit"):
         build_prompt_dataset(pairs, tokenizer, 64)
 
@@ -208,22 +226,23 @@ def test_saved_adapter_reloads_and_a_continued_stage_starts_from_it(trained, bas
     assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
     del loaded
 
-    # A constant reward gives zero advantages, so a step leaves the weights exactly where it started:
-    # the continued adapter equals the saved one only if training really began from it (a fresh adapter
-    # would still have lora_B == 0).
+    # A GRPO step with a constant reward has zero advantages and leaves the weights exactly where they started
+    # (the verdict step is skipped: no verdict data), so the continued adapter equals the saved one only if
+    # training really began from it (a fresh adapter would still have lora_B == 0).
+    from expctr.llm.prompts import verdict_prefix
+
     base_file = Path(base_model_dir) / "model.safetensors"
     base_sha = _sha256(base_file)
     log_path = tmp_path / "logs" / "rl.jsonl"
-    # ... on text prompts that open the assistant turn with a verdict prefix (TRL's plain-text path)
-    prefix = "The user will probably"
-    prefixed = build_prompt_dataset(pairs, tokenizer, MAX_PROMPT_TOKENS, assistant_prefix=prefix)
     reward = ConstantReward()
-    result = run_rl_stage(base_model_dir, tmp_path / "continued", prefixed, [reward], [1.0], RL, LLM,
-                          steps=1, seed=1, init_adapter_dir=adapter_dir, log_path=log_path)
+    result = run_rl_stage(base_model_dir, tmp_path / "continued", reward, RL, LLM, seed=1, reason_pairs=pairs,
+                          reason_steps=1, init_adapter_dir=adapter_dir, log_path=log_path)
     (call,) = reward.calls
-    assert all(isinstance(c, str) for c in call["completions"]) and call["explanation_prefix"] == [prefix] * 4
-    assert all(p.endswith(prefix) for p in call["prompts"])
-    assert result["summary"]["init_adapter_dir"] == str(adapter_dir)
+    # the GRPO prompts open the assistant turn with a verdict drawn from the policy (TRL's plain-text path)
+    assert all(isinstance(c, str) for c in call["completions"])
+    assert set(call["explanation_prefix"]) <= {verdict_prefix(True), verdict_prefix(False)}
+    assert all(p.endswith(pre) for p, pre in zip(call["prompts"], call["explanation_prefix"]))
+    assert "verdict" not in result["summary"] and result["summary"]["reason"]["steps"] == 1
     assert sorted(p.name for p in (tmp_path / "continued").iterdir()) == sorted(ADAPTER_FILES)
     cont, _ = load_explainer(base_model_dir, tmp_path / "continued", LLM, merge=False)
     got = adapter_weights(cont)
@@ -232,7 +251,9 @@ def test_saved_adapter_reloads_and_a_continued_stage_starts_from_it(trained, bas
     assert _sha256(base_file) == base_sha  # the base model on disk is never written
 
     lines = [json.loads(x) for x in log_path.read_text().splitlines()]
-    assert [x["step"] for x in lines] == [1] and lines[0]["frac_reward_zero_std"] == 1.0
+    assert [(x["phase"], x["step"]) for x in lines] == [("reason", 1)] and lines[0]["frac_reward_zero_std"] == 1.0
+    with pytest.raises(ExpCTRError, match="verdict prompts or at least one GRPO"):
+        run_rl_stage(base_model_dir, tmp_path / "nothing", reward, RL, LLM, seed=1)
 
     # merged explainer = base + LoRA delta, a plain causal LM
     merged, tok = load_explainer(base_model_dir, adapter_dir, LLM)

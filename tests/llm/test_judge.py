@@ -81,3 +81,20 @@ def test_judge_follows_a_stated_stance(model, tokenizer):
           f"AUC={separation:.3f}")
     assert pos.mean() - neg.mean() > 0.3
     assert separation >= 0.9
+
+
+def test_grouped_judge_equals_the_plain_judge(model, tokenizer):
+    """The shared-context judge (prefix once, suffixes per prompt) reads exactly what each prompt alone reads,
+    for groups of different sizes and prompt lengths, including a group of one and the zero-shot readout."""
+    from expctr.llm.judge import judge_p_yes_grouped
+
+    groups = []
+    for k, t in enumerate(TARGETS[:7]):
+        reasons = [None, f"The user will probably enjoy {t.title}.",
+                   f"The user will probably not enjoy {t.title} because {REASONS[k % len(REASONS)]}."]
+        groups.append([judge_messages(HISTORY[: 1 + k % 3], t, r) for r in reasons[: 1 + k % 3]])
+    flat = [m for g in groups for m in g]
+    plain = judge_p_yes(model, tokenizer, flat, batch_size=4)
+    grouped = np.concatenate(judge_p_yes_grouped(model, tokenizer, groups, batch_size=3))
+    assert grouped.shape == plain.shape
+    np.testing.assert_allclose(grouped, plain, atol=1e-4)

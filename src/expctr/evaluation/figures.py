@@ -29,7 +29,8 @@ def _png(fig: Figure) -> bytes:
 
 
 def round_color(k: int) -> str:
-    return _ROUND_COLORS[(k - 1) % len(_ROUND_COLORS)]
+    """Round 0 (the base explainer) is grey; rounds 1.. take the palette."""
+    return "#7f7f7f" if k == 0 else _ROUND_COLORS[(k - 1) % len(_ROUND_COLORS)]
 
 
 def roc_figure(
@@ -98,6 +99,66 @@ def round_bars(
     ax.set_xticks(x, [f"round {k}" for k in rounds])
     ax.set(ylabel=ylabel, title=title, ylim=ylim)
     ax.legend(fontsize=7.5, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    return _png(fig)
+
+
+def round_interval_bars(rounds: Sequence[int], series: Mapping[str, Sequence[Mapping | None]], title: str,
+                        reference: Mapping[str, float | None] | None = None) -> bytes:
+    """Grouped bars per round with 95 % interval whiskers; each value is a predictor row (auc, auc_ci_low,
+    auc_ci_high) or None (no bar); optional horizontal reference lines."""
+    fig = Figure(figsize=(8.0, 4.4))
+    ax = fig.add_subplot()
+    names = list(series)
+    width = 0.8 / max(1, len(names))
+    x = np.arange(len(rounds))
+    for j, name in enumerate(names):
+        rows = series[name]
+        vals = np.array([np.nan if not r else float(r["auc"]) for r in rows])
+        lo = np.array([np.nan if not r or r.get("auc_ci_low") is None else float(r["auc_ci_low"]) for r in rows])
+        hi = np.array([np.nan if not r or r.get("auc_ci_high") is None else float(r["auc_ci_high"]) for r in rows])
+        pos = x + (j - (len(names) - 1) / 2) * width
+        ax.bar(pos, vals, width, label=name, color=_ROUND_COLORS[j % len(_ROUND_COLORS)], alpha=0.85)
+        ok = ~np.isnan(vals) & ~np.isnan(lo) & ~np.isnan(hi)
+        ax.errorbar(pos[ok], vals[ok], yerr=[vals[ok] - lo[ok], hi[ok] - vals[ok]], fmt="none", ecolor="#222222",
+                    capsize=3, lw=1)
+        for px, v in zip(pos, vals):
+            if not math.isnan(v):
+                ax.annotate(f"{v:.3f}", (px, 0.405), ha="center", va="bottom", fontsize=6.5, rotation=90)
+    for i, (name, v) in enumerate((reference or {}).items()):
+        if v is not None and not math.isnan(v):
+            ax.axhline(v, color=_BASELINE_COLORS[i % len(_BASELINE_COLORS)], ls="--", lw=1, label=f"{name} ({v:.3f})")
+    ax.set_xticks(x, ["base (0)" if k == 0 else f"round {k}" for k in rounds])
+    ax.set(ylabel="AUC", title=title, ylim=(0.4, 0.9))
+    ax.legend(fontsize=7.5, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    return _png(fig)
+
+
+def stage_reward_curves(logs: Mapping[int, Mapping[str, Sequence[Mapping]]]) -> bytes:
+    """Per stage (LC, IC) and phase (dense verdict step: the exact expected reward of each batch; GRPO reason
+    step: the mean reward of each step's completions), one line per round, steps numbered within the stage."""
+    fig = Figure(figsize=(10.0, 6.4))
+    axes = fig.subplots(2, 2)
+    for row, phase in enumerate(("verdict", "reason")):
+        for col, stage in enumerate(("lc", "ic")):
+            ax = axes[row][col]
+            for k in sorted(logs):
+                vals = [float(r["reward"]) for r in logs[k].get(stage, [])
+                        if r.get("phase", "reason") == phase and _finite(r.get("reward"))]
+                if vals:
+                    steps = np.arange(1, len(vals) + 1)
+                    ax.plot(steps, vals, color=round_color(k), lw=0.8, alpha=0.35)
+                    w = max(1, len(vals) // 8)  # a moving average makes the trend visible over batch noise
+                    smooth = np.convolve(vals, np.ones(w) / w, mode="valid")
+                    ax.plot(steps[w - 1:], smooth, color=round_color(k), lw=1.8, label=f"round {k}")
+            what = "exact expected reward per batch" if phase == "verdict" else "GRPO mean reward per step"
+            ax.set(title=f"{stage.upper()} stage, {phase} step", xlabel="step", ylabel=what)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7.5, frameon=False)
+            else:
+                ax.text(0.5, 0.5, "no log", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle("RL reward curves (thin: per step; thick: moving average)", fontsize=10)
     fig.tight_layout()
     return _png(fig)
 

@@ -50,6 +50,70 @@ def auc_bootstrap_ci(
     return float(lo), float(hi)
 
 
+def auc_with_ci(labels: Sequence[int], scores: Sequence[float], seed: int, n_boot: int = 1000,
+                is_probability: bool = True) -> dict:
+    """{auc, auc_ci_low, auc_ci_high, logloss (probabilities only), n}: one predictor on one set of pairs."""
+    y = np.asarray(labels, dtype=int)
+    s = np.asarray(scores, dtype=float)
+    if len(s) != len(y):
+        raise ValueError(f"{len(s)} scores for {len(y)} labels")
+    m = binary_metrics(y, np.clip(s, 1e-7, 1 - 1e-7)) if is_probability else {"auc": _rank_auc(y, s)}
+    lo, hi = auc_bootstrap_ci(y, s, seed, n_boot)
+    return {"auc": m["auc"], "auc_ci_low": lo, "auc_ci_high": hi,
+            "logloss": m.get("logloss") if is_probability else None, "n": len(y)}
+
+
+def _rank_auc(y: np.ndarray, s: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, s)) if len(np.unique(y)) == 2 else math.nan
+
+
+def paired_auc_difference(labels: Sequence[int], a: Sequence[float], b: Sequence[float], seed: int,
+                          n_boot: int = 1000, level: float = 0.95) -> dict:
+    """AUC(a) - AUC(b) on the same pairs, with a paired percentile bootstrap interval (both predictors scored
+    on each resample: the interval of the difference, much narrower than two separate intervals)."""
+    y = np.asarray(labels, dtype=int)
+    sa, sb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    diff = _rank_auc(y, sa) - _rank_auc(y, sb)
+    if len(y) < 2 or len(np.unique(y)) < 2:
+        return {"diff": diff, "ci_low": math.nan, "ci_high": math.nan, "n": len(y)}
+    idx = np.random.default_rng(seed).integers(0, len(y), size=(n_boot, len(y)))
+    yb = y[idx]
+    n_pos = yb.sum(axis=1)
+    ok = (n_pos > 0) & (n_pos < len(y))
+    yb, n_pos, n_neg = yb[ok], n_pos[ok], len(y) - n_pos[ok]
+
+    def aucs(s: np.ndarray) -> np.ndarray:
+        ranks = rankdata(s[idx][ok], axis=1)
+        return ((ranks * yb).sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+    d = aucs(sa) - aucs(sb)
+    lo, hi = np.quantile(d, [(1 - level) / 2, 1 - (1 - level) / 2]) if len(d) >= 2 else (math.nan, math.nan)
+    return {"diff": float(diff), "ci_low": float(lo), "ci_high": float(hi), "n": len(y)}
+
+
+def verdict_confusion(stances: Sequence[int], labels: Sequence[int], id_positive: Sequence[bool]) -> dict:
+    """How the explanations' verdicts (+1 enjoy / -1 not / 0 none) line up with the real clicks and with the ID
+    model's decision: shares of each verdict, 2x2 counts against each reference (a pair without a verdict counts
+    as "not"), and agreement rates."""
+    st = np.asarray(stances, dtype=int)
+    pos = st > 0
+    out: dict = {"n": len(st), "share_positive": float(pos.mean()) if len(st) else math.nan,
+                 "share_negative": float((st < 0).mean()) if len(st) else math.nan,
+                 "share_none": float((st == 0).mean()) if len(st) else math.nan}
+    for name, ref in (("label", np.asarray(labels, dtype=int) == 1), ("id_model", np.asarray(id_positive, bool))):
+        out[f"vs_{name}"] = {
+            "positive_verdict_and_positive": int((pos & ref).sum()),
+            "positive_verdict_and_negative": int((pos & ~ref).sum()),
+            "negative_verdict_and_positive": int((~pos & ref).sum()),
+            "negative_verdict_and_negative": int((~pos & ~ref).sum()),
+            "agreement": float((pos == ref).mean()) if len(st) else math.nan,
+            "reference_positive_rate": float(ref.mean()) if len(st) else math.nan,
+        }
+    return out
+
+
 def predictor_rows(
     labels: Sequence[int], predictors: Iterable[Predictor], seed: int, n_boot: int = 1000
 ) -> list[dict]:

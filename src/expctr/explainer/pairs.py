@@ -30,8 +30,32 @@ def sample_pairs(frame: pl.DataFrame, n: int, seed: int, balance: bool = False) 
     )
 
 
+def target_stats(pairs: pl.DataFrame, train: pl.DataFrame, prior_weight: float = 10.0) -> pl.DataFrame:
+    """`viewers` and `liked_share` of each pair's target, from the TRAINING ratings of that item strictly
+    before the pair's timestamp (so no pair sees its own or a later rating): liked_share = (clicks + w * g) /
+    (viewers + w), g = the training click rate (shrinks rarely rated items towards it). `train` needs
+    item_code, timestamp, label."""
+    g = float(train["label"].mean()) if train.height else 0.5
+    cum = (train.select("item_code", "timestamp", "label").sort("item_code", "timestamp")
+           .with_columns(pl.col("label").cum_sum().over("item_code").alias("_clicks"),
+                         pl.int_range(1, pl.len() + 1).over("item_code").alias("_viewers"))
+           # several ratings in the same second: the last one carries the count up to and including that second
+           .group_by("item_code", "timestamp", maintain_order=True).last()
+           .select("item_code", "timestamp", "_clicks", "_viewers"))
+    keyed = pairs.with_row_index("_row").sort("timestamp")
+    joined = keyed.join_asof(cum.sort("timestamp"), on="timestamp", by="item_code", strategy="backward",
+                             allow_exact_matches=False, check_sortedness=False)  # both sorted above
+    viewers = pl.col("_viewers").fill_null(0)
+    return (joined.sort("_row")
+            .with_columns(viewers.alias("viewers"),
+                          ((pl.col("_clicks").fill_null(0) + prior_weight * g) / (viewers + prior_weight))
+                          .alias("liked_share"))
+            .drop("_row", "_clicks", "_viewers"))
+
+
 def attach_items(pairs: pl.DataFrame, catalogue: pl.DataFrame) -> pl.DataFrame:
-    """Add `history` (list of item structs with `liked`) and `target` (item struct) columns."""
+    """Add `history` (list of item structs with `liked`) and `target` (item struct) columns; the target
+    carries `viewers` / `liked_share` when the pairs have them (`target_stats`)."""
     items = catalogue.select("item_code", *ITEM_FIELDS)
     target = pairs.select("item_code").join(items, on="item_code", how="left", maintain_order="left")
     long = (
@@ -49,5 +73,6 @@ def attach_items(pairs: pl.DataFrame, catalogue: pl.DataFrame) -> pl.DataFrame:
     empty = pl.lit([], dtype=out.schema["history"])
     return out.with_columns(
         pl.col("history").fill_null(empty),
-        pl.struct([target[c] for c in ITEM_FIELDS]).alias("target"),
+        pl.struct([target[c] for c in ITEM_FIELDS]
+                  + [pairs[c] for c in ("viewers", "liked_share") if c in pairs.columns]).alias("target"),
     )

@@ -125,6 +125,27 @@ def true_label_reward(p_click: np.ndarray, labels: Sequence[Any], kind: str, min
     return np.log(np.maximum(p_true, min_prob)) if kind == "logprob" else p_true
 
 
+def soft_target_reward(p_click: np.ndarray, target: Sequence[float], kind: str, min_prob: float = MIN_PROB
+                       ) -> np.ndarray:
+    """The reward of predicting P(click) = p for a soft target t in [0, 1] (the ID model's probability):
+
+    logprob: t log p + (1 - t) log(1 - p) = -BCE(t, p);   prob: t p + (1 - t)(1 - p) (the probability that
+    p and t, each read as a coin, agree). p is clipped to [min_prob, 1 - min_prob]. For t in {0, 1} these are
+    exactly `true_label_reward`'s log p_true and p_true: IC is LC with the ID model's belief in place of the label.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"reward kind must be one of {KINDS}, got {kind!r}")
+    p = np.clip(np.asarray(p_click, dtype=np.float64), min_prob, 1.0 - min_prob)
+    t = np.asarray(target, dtype=np.float64)
+    if p.shape != t.shape:
+        raise ValueError(f"{len(p)} probabilities for {len(t)} targets")
+    if ((t < 0) | (t > 1)).any():
+        raise ValueError("soft targets must lie in [0, 1]")
+    if kind == "logprob":
+        return t * np.log(p) + (1.0 - t) * np.log(1.0 - p)
+    return t * p + (1.0 - t) * (1.0 - p)
+
+
 def _column(kwargs: Mapping[str, Any], name: str, n: int, who: str) -> list[Any]:
     if name not in kwargs:
         raise KeyError(f"{who} needs the dataset column {name!r} (TRL passes extra columns as kwargs)")
@@ -180,28 +201,62 @@ def stance(text: str) -> int:
 # --- LC ----------------------------------------------------------------------------------------------------
 
 class JudgeScorer:
-    """messages_batch -> P(Yes) array with a causal LM judge (`judge_p_yes`), in eval mode, without grad.
+    """messages_batch -> P(Yes) array with a causal LM judge, in eval mode, without grad.
 
-    `disable_adapter=True` scores with a peft model's adapter switched off, i.e. with the frozen base model
-    under the explainer's LoRA (one copy of the weights in memory). The model's train/eval mode is restored.
+    Prompts that share their context (the completions of one RL prompt, the two verdict sentences of a pair)
+    are scored with the grouped judge (`judge_p_yes_grouped`: the shared tokens run once). Scores are memoised
+    by prompt (up to `memo_size`), so the LC and IC parts of one stage reward, or a sentence scored twice,
+    cost one judge pass. `disable_adapter=True` scores with a peft model's adapter switched off, i.e. with the
+    frozen base model under the explainer's LoRA (one copy of the weights in memory). The model's train/eval
+    mode is restored.
     """
 
-    def __init__(self, model, tokenizer, batch_size: int = 8, disable_adapter: bool = False):
+    def __init__(self, model, tokenizer, batch_size: int = 8, disable_adapter: bool = False,
+                 memo_size: int = 4096):
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.disable_adapter = int(batch_size), bool(disable_adapter)
+        self.memo_size = int(memo_size)
+        self._memo: dict[tuple, float] = {}
+
+    def remember(self, messages_batch: Sequence[Sequence[Mapping[str, str]]], p_yes: Sequence[float]) -> None:
+        """Store known P(Yes) values (readings precomputed by the same frozen judge, e.g. in llm_pairs)."""
+        if len(messages_batch) != len(p_yes):
+            raise ValueError(f"{len(p_yes)} values for {len(messages_batch)} prompts")
+        self._memo.update((self._key(m), float(p)) for m, p in zip(messages_batch, p_yes))
+
+    @staticmethod
+    def _key(messages: Sequence[Mapping[str, str]]) -> tuple:
+        return tuple((m["role"], m["content"]) for m in messages)
 
     def __call__(self, messages_batch: Sequence[Sequence[Mapping[str, str]]]) -> np.ndarray:
-        from expctr.llm.judge import judge_p_yes
+        from expctr.llm.judge import judge_p_yes_grouped
 
-        was_training = self.model.training
-        self.model.eval()
-        ctx = self.model.disable_adapter() if self.disable_adapter else contextlib.nullcontext()
-        try:
-            with ctx:
-                return judge_p_yes(self.model, self.tokenizer, messages_batch, batch_size=self.batch_size)
-        finally:
-            if was_training:
-                self.model.train()
+        keys = [self._key(m) for m in messages_batch]
+        todo: dict[tuple, list[tuple]] = {}  # context (all but the last turn) -> prompts to score
+        for k in keys:
+            if k not in self._memo:
+                group = todo.setdefault(k[:-1], [])
+                if k not in group:
+                    group.append(k)
+        if todo:
+            groups = list(todo.values())
+            was_training = self.model.training
+            self.model.eval()
+            ctx = self.model.disable_adapter() if self.disable_adapter else contextlib.nullcontext()
+            try:
+                with ctx:
+                    scores = judge_p_yes_grouped(
+                        self.model, self.tokenizer,
+                        [[[{"role": r, "content": c} for r, c in k] for k in g] for g in groups],
+                        batch_size=self.batch_size)
+            finally:
+                if was_training:
+                    self.model.train()
+            if len(self._memo) > self.memo_size:
+                self._memo.clear()
+            for g, sc in zip(groups, scores):
+                self._memo.update(zip(g, (float(x) for x in sc)))
+        return np.array([self._memo[k] for k in keys], dtype=np.float64)
 
 
 class LCReward:
@@ -247,8 +302,56 @@ class LCReward:
 
 # --- IC ----------------------------------------------------------------------------------------------------
 
+class ICAgreementReward:
+    """IC alignment (default form): the judge reading the explanation agrees with the ID-based CTR model.
+
+        r_IC = soft_target_reward(p_judge, p_id, kind)
+             = p_id log p_j + (1 - p_id) log(1 - p_j)  = -BCE(p_id, p_j)      (kind="logprob")
+             = p_id p_j + (1 - p_id)(1 - p_j)                                  (kind="prob")
+
+    with p_j = the frozen judge's P(Yes) given the explanation (the LC reward's judge, `lc.p_yes`) and p_id =
+    sigmoid(f_id(x)) of the ID model. It carries the ID model's knowledge into the explainer and needs NO label:
+    the IC stage can train on any pair the ID model scores. p_id comes from the dataset column `p_id` when it is
+    there (precomputed per pair), else from `id_model` on the ID feature columns. Logs `<name>/p_judge`,
+    `<name>/p_id`.
+    """
+
+    def __init__(self, lc: LCReward, id_model=None, kind: str = "prob", min_prob: float = MIN_PROB,
+                 name: str = "ic_reward"):
+        if kind not in KINDS:
+            raise ValueError(f"reward kind must be one of {KINDS}, got {kind!r}")
+        self.lc, self.id_model = lc, (id_model.eval() if id_model is not None else None)
+        self.kind, self.min_prob, self.__name__ = kind, float(min_prob), name
+
+    def p_id(self, kwargs: Mapping[str, Any], n: int) -> np.ndarray:
+        if "p_id" in kwargs:
+            return np.asarray(_column(kwargs, "p_id", n, self.__name__), dtype=np.float64)
+        if self.id_model is None:
+            raise KeyError(f"{self.__name__} needs the dataset column 'p_id' or an id_model")
+        import torch
+
+        from expctr.ctr.text_augmented import ID_COLUMNS, batch_from_columns
+
+        columns = {c: _column(kwargs, c, n, self.__name__) for c in ID_COLUMNS}
+        device = next(self.id_model.parameters()).device
+        with torch.no_grad():
+            return torch.sigmoid(self.id_model(batch_from_columns(columns, device=device))).double().cpu().numpy()
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+        n = len(completions)
+        if n == 0:
+            return []
+        who = self.__name__
+        history, target = (_column(kwargs, c, n, who) for c in ("history", "target"))
+        p_id = self.p_id(kwargs, n)
+        p_j = self.lc.p_yes(completions, history, target, prefixes(kwargs, n))
+        _log_extra(kwargs, f"{who}/p_judge", p_j)
+        _log_extra(kwargs, f"{who}/p_id", p_id)
+        return soft_target_reward(p_j, p_id, self.kind, self.min_prob).tolist()
+
+
 class ICReward:
-    """IC alignment: r = log max(p_true, 1e-4) (or p_true) under the frozen ExpCTR-Aug model,
+    """IC alignment, "aug" form (selectable with reward.ic_form): r = log max(p_true, 1e-4) (or p_true) under the frozen ExpCTR-Aug model,
     minus consistency_weight * |p_aug - p_id| (p_id from `id_model`, default the Aug model's own base).
 
     encoder: a sentence-transformers model (embedded with `expctr.llm.encoder.embed`) or a callable
@@ -465,6 +568,7 @@ __all__ = [
     "MIN_PROB",
     "CombinedReward",
     "FormatReward",
+    "ICAgreementReward",
     "ICReward",
     "JudgeScorer",
     "LCReward",
@@ -473,6 +577,7 @@ __all__ = [
     "copied_ngram",
     "explanation_of",
     "prompt_text",
+    "soft_target_reward",
     "stage_reward",
     "stance",
     "true_label_reward",

@@ -51,12 +51,20 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from expctr.config import LLMParams, RLParams
 from expctr.errors import ExpCTRError
 from expctr.explainer.rewards import completion_text
 from expctr.io import atomic_path
 from expctr.llm.base_model import load_model, load_tokenizer, set_threads
-from expctr.llm.prompts import as_item, explainer_messages, fit_history, rendered_prompt
+from expctr.llm.prompts import (
+    EXPLANATION_PREFIX,
+    as_item,
+    explainer_messages,
+    fitted_explainer_history,
+    rendered_prompt,
+)
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 ADAPTER_NAME = "default"
@@ -64,8 +72,9 @@ ADAPTER_NAME = "default"
 # ID feature columns the IC reward (text-augmented CTR model) needs, passed through as plain python values.
 ID_COLUMNS = ("user_idx", "item_idx", "gender_idx", "age_idx", "occupation_idx", "decade_idx", "genre_idx",
               "hist_item_idx", "hist_click")
-OPTIONAL_COLUMNS = ("user_id", "item_id")  # kept when present: readable logs
-REQUIRED_COLUMNS = ("history", "target", "label", *ID_COLUMNS)
+# kept when present: the label (LC needs it, IC does not), precomputed signals, readable ids for logs
+OPTIONAL_COLUMNS = ("label", "p_id", "judge_p_yes_pos", "judge_p_yes_neg", "user_id", "item_id")
+REQUIRED_COLUMNS = ("history", "target", *ID_COLUMNS)
 
 RewardFunc = Callable[..., list]
 
@@ -87,26 +96,29 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def build_prompt_dataset(pairs, tokenizer, max_prompt_tokens: int, assistant_prefix: str | None = None):
-    """A `datasets.Dataset` of conversational explainer prompts plus the columns reward functions read.
+def build_prompt_dataset(pairs, tokenizer, max_prompt_tokens: int,
+                         assistant_prefix: str | Sequence[str] | None = None):
+    """A `datasets.Dataset` of explainer prompts plus the columns reward functions read.
 
-    `pairs`: a polars frame from `expctr.explainer.pairs` (`history`, `target`, `label`, ID feature columns).
-    Columns of the result:
+    `pairs`: a polars frame from `expctr.explainer.pairs` (`history`, `target`, `label`, ID feature columns;
+    `label` may be absent: the IC reward needs none). Columns of the result:
     - `prompt`: `explainer_messages(history, target)` with the history cut (oldest items first) by
-      `fit_history` so the rendered prompt is at most `max_prompt_tokens` tokens (TRL 1.16 has no prompt
-      truncation of its own, and cutting tokens would cut the chat template);
+      `fitted_explainer_history` so the rendered prompt is about `max_prompt_tokens` tokens (TRL 1.16 has no
+      prompt truncation of its own, and cutting tokens would cut the chat template);
     - `history`: the items the explainer SAW (list of {title, year, genres, liked}), so a judge scores the
       explanation against the same context; `n_history_dropped` says how many older items the budget cut;
-    - `target` ({title, year, genres, liked=None}), `label` (int 0/1);
-    - the ID feature columns (`ID_COLUMNS`, plain python ints / lists), and `user_id` / `item_id` if present.
+    - `target` ({title, year, genres, liked=None}), `label` (int 0/1, when the pairs have it);
+    - the ID feature columns (`ID_COLUMNS`), `p_id` / `judge_p_yes_pos` / `judge_p_yes_neg` and `user_id` /
+      `item_id` when present.
     TRL forwards every column except `prompt` to each reward function as a keyword list, one entry per
     completion (tested in tests/explainer/test_rl.py).
 
-    `assistant_prefix` (e.g. "The user will probably"): the assistant turn is opened with this text and the
-    policy continues it, so its first sampled token IS the verdict (" enjoy" / " not"); the prompt is then
-    the rendered text (TRL's conversational path always opens a fresh assistant turn), completions arrive
-    as plain strings, and an `explanation_prefix` column carries the prefix so rewards rebuild the full
-    sentence with `completion_text(c, prefix)`. Generation at explanation time must use the same prefix.
+    `assistant_prefix` (e.g. "The user will probably", or one per row such as `verdict_prefix(...)`): the
+    assistant turn is opened with this text and the policy continues it; the prompt is then the rendered text
+    (TRL's conversational path always opens a fresh assistant turn), completions arrive as plain strings, and an
+    `explanation_prefix` column carries the prefix so rewards rebuild the full sentence with
+    `completion_text(c, prefix)`. Generation at explanation time must use the same prefix. The history is fitted
+    with EXPLANATION_PREFIX whatever the row's prefix, so every prompt of a pair shows the same history.
     """
     import datasets
 
@@ -115,41 +127,74 @@ def build_prompt_dataset(pairs, tokenizer, max_prompt_tokens: int, assistant_pre
         raise ExpCTRError(f"pairs frame lacks column(s) {missing} needed by the RL stage (have {pairs.columns})")
     if pairs.height == 0:
         raise ExpCTRError("no pairs to build RL prompts from")
+    if assistant_prefix is None or isinstance(assistant_prefix, str):
+        row_prefixes = [assistant_prefix] * pairs.height
+    else:
+        row_prefixes = list(assistant_prefix)
+        if len(row_prefixes) != pairs.height:
+            raise ExpCTRError(f"{len(row_prefixes)} assistant prefixes for {pairs.height} pairs")
     keep = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in pairs.columns]
-    prefix_turn = [{"role": "assistant", "content": assistant_prefix}] if assistant_prefix else []
-
-    def build(history, target):
-        return explainer_messages(history, target) + prefix_turn
 
     rows = []
-    for row in pairs.select(keep).iter_rows(named=True):
+    for row, prefix in zip(pairs.select(keep).iter_rows(named=True), row_prefixes):
         history = row["history"] or []
         target = as_item(row["target"])
-        fitted = fit_history(tokenizer, history, target, max_prompt_tokens, build=build)
-        messages = build(fitted, target)
+        fitted = fitted_explainer_history(tokenizer, history, target, max_prompt_tokens)
+        messages = explainer_messages(fitted, target)
+        if prefix:
+            messages = messages + [{"role": "assistant", "content": prefix}]
         out = {
-            "prompt": rendered_prompt(tokenizer, messages) if assistant_prefix else messages,
+            "prompt": rendered_prompt(tokenizer, messages) if prefix else messages,
             "history": [_item_dict(h) for h in fitted],
             "n_history_dropped": len(history) - len(fitted),
             "target": _item_dict(target),
-            "label": int(row["label"]),
         }
-        for c in (*ID_COLUMNS, *(c for c in OPTIONAL_COLUMNS if c in row)):
-            out[c] = _plain(row[c])
-        if assistant_prefix:
-            out["explanation_prefix"] = assistant_prefix
+        for c in (c for c in keep if c not in ("history", "target")):
+            out[c] = int(row[c]) if c == "label" else _plain(row[c])
+        if prefix:
+            out["explanation_prefix"] = prefix
         rows.append(out)
     return datasets.Dataset.from_list(rows)
+
+
+def prompt_token_ids(dataset, tokenizer) -> list[list[int]]:
+    """Token ids of every (rendered text) prompt of a dataset built with an assistant prefix."""
+    return [tokenizer(p)["input_ids"] for p in dataset["prompt"]]
 
 
 # ----------------------------------------------------------------------------------------------- adapters
 
 
-def lora_config(rl: RLParams):
+def lora_config(rl: RLParams, n_layers: int | None = None):
+    """peft LoRA config from params. `rl.lora_layers_from` = k puts the adapter on layers k..n_layers-1 only:
+    the lower layers stay the base model's, so a backward pass stops at layer k (measured on SmolLM2-135M,
+    30 layers: fwd+bwd of a 190-token prompt 0.69 s with LoRA on every layer, 0.40 s on the top 10)."""
     from peft import LoraConfig
 
+    layers = None
+    if rl.lora_layers_from is not None:
+        if n_layers is None or not 0 <= rl.lora_layers_from < n_layers:
+            raise ExpCTRError(f"rl.lora_layers_from={rl.lora_layers_from} is outside the model's {n_layers} layers")
+        layers = list(range(rl.lora_layers_from, n_layers))
     return LoraConfig(r=rl.lora_r, lora_alpha=rl.lora_alpha, lora_dropout=rl.lora_dropout,
-                      target_modules=list(rl.target_modules), bias="none", task_type="CAUSAL_LM")
+                      target_modules=list(rl.target_modules), layers_to_transform=layers, bias="none",
+                      task_type="CAUSAL_LM")
+
+
+def attach_adapter(model, rl: RLParams, init_adapter_dir: str | Path | None = None):
+    """A trainable PeftModel over `model`: the adapter saved in `init_adapter_dir` (a later stage or round
+    continues it), else a fresh LoRA adapter from `rl`. Only LoRA tensors require grad (checked)."""
+    from peft import PeftModel, get_peft_model
+
+    with _quiet():
+        if init_adapter_dir is not None:
+            peft_model = PeftModel.from_pretrained(model, str(check_adapter_dir(init_adapter_dir)),
+                                                   adapter_name=ADAPTER_NAME, is_trainable=True)
+        else:
+            peft_model = get_peft_model(model, lora_config(rl, model.config.num_hidden_layers),
+                                        adapter_name=ADAPTER_NAME)
+    _check_only_lora_trainable(peft_model)
+    return peft_model
 
 
 def adapter_weights(model) -> dict[str, Any]:
@@ -373,8 +418,8 @@ def train_policy(model, tokenizer, dataset, reward_funcs: Sequence[RewardFunc],
                  reward_weights: Sequence[float] | None, rl: RLParams, llm: LLMParams, steps: int, seed: int,
                  init_adapter_dir: str | Path | None = None, micro_batch: int | None = None,
                  **config_overrides: Any):
-    """Run GRPO on `model` (a plain causal LM: a fresh LoRA adapter is added, or `init_adapter_dir` is loaded
-    trainable). Returns (trained PeftModel, per-step logs, summary). Writes nothing to disk but a temporary
+    """Run GRPO on `model` (a PeftModel from `attach_adapter`, or a plain causal LM: then a fresh LoRA adapter
+    is added, or `init_adapter_dir` is loaded trainable). Returns (trained PeftModel, per-step logs, summary). Writes nothing to disk but a temporary
     output dir that is removed. Callers that own the model (tests) can compare base weights afterwards.
     `micro_batch`: completions per forward/backward pass (see `micro_batch_size`)."""
     from trl import GRPOTrainer
@@ -390,22 +435,18 @@ def train_policy(model, tokenizer, dataset, reward_funcs: Sequence[RewardFunc],
         raise ExpCTRError(f"{len(dataset)} prompts < prompts_per_step={rl.prompts_per_step}")
     set_threads(llm.threads)
 
-    peft_config = None
-    if init_adapter_dir is not None:
-        from peft import PeftModel
-
-        with _quiet():
-            model = PeftModel.from_pretrained(model, str(check_adapter_dir(init_adapter_dir)),
-                                              adapter_name=ADAPTER_NAME, is_trainable=True)
+    if hasattr(model, "peft_config"):  # already a PeftModel (the stage runner's, after its verdict step)
+        if init_adapter_dir is not None:
+            raise ExpCTRError("init_adapter_dir is for a plain model; this one already carries an adapter")
     else:
-        peft_config = lora_config(rl)
+        model = attach_adapter(model, rl, init_adapter_dir)
 
     timer = _step_timer()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="expctr-grpo-") as tmp, _quiet():
         args = grpo_config(rl, llm, steps, seed, tmp, reward_weights, micro_batch, **config_overrides)
         trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
-                              processing_class=tokenizer, peft_config=peft_config, callbacks=[timer])
+                              processing_class=tokenizer, callbacks=[timer])
         timer.trainer = trainer
         policy = trainer.accelerator.unwrap_model(trainer.model)
         n_trainable = _check_only_lora_trainable(policy)
@@ -439,46 +480,78 @@ def _mean(values) -> float | None:
 def run_rl_stage(
     base_model_dir: str | Path,
     out_adapter_dir: str | Path,
-    dataset,
-    reward_funcs: Sequence[RewardFunc],
-    reward_weights: Sequence[float] | None,
+    reward: RewardFunc,
     rl: RLParams,
     llm: LLMParams,
-    steps: int,
     seed: int,
+    *,
+    verdict_dataset=None,
+    verdict_rewards: tuple[Sequence[float], Sequence[float]] | None = None,
+    reason_pairs=None,
+    reason_steps: int = 0,
     init_adapter_dir: str | Path | None = None,
     log_path: str | Path | None = None,
     micro_batch: int | None = None,
 ) -> dict[str, Any]:
-    """Train the explainer adapter for `steps` GRPO steps and save it to `out_adapter_dir`.
+    """One RL stage (LC or IC) on the explainer adapter, saved to `out_adapter_dir`:
 
-    `dataset` from `build_prompt_dataset`; `reward_funcs` plain callables (TRL logs them under their
-    `__name__`); `reward_weights` one per function (None = all 1). `init_adapter_dir`: continue that adapter
-    (a later stage / round); otherwise a fresh LoRA adapter from `rl`. Returns `{"summary": ..., "steps": [...]}`
-    where each step row holds TRL's metrics as logged (`loss`, `reward`, `reward_std`,
-    `rewards/<name>/mean|std`, `frac_reward_zero_std`, `kl` when beta > 0, `entropy`,
-    `completions/mean_length` ...), `seconds` (wall time of the step) and `samples` (the step's completions
-    with rewards and advantages). With `log_path`, the step rows are also written there as JSON lines.
-    `micro_batch`: completions per forward/backward pass (default: 2 on CPU, the whole step on GPU).
+    1. verdict step (`expctr.explainer.verdict.train_verdicts`): one pass over `verdict_dataset` (prompts opened
+       with EXPLANATION_PREFIX) with the exact rewards `verdict_rewards = (r+, r-)` of its two verdicts;
+    2. reason step: `reason_steps` GRPO steps (TRL) on `reason_pairs`, each prompt opened with a verdict drawn
+       from the policy after step 1 (`verdict_prefix`), so the group's completions share the verdict and GRPO's
+       advantages rank the reasons; `reward` is the stage's reward callable.
+    Either step may be skipped (no verdict data / reason_steps=0), not both. `init_adapter_dir`: continue that
+    adapter (a later stage / round); otherwise a fresh LoRA adapter from `rl`. Returns `{"summary", "verdict_steps",
+    "steps"}`: the verdict step's per-step rows (`reward` = exact expected reward of the batch) and the GRPO rows
+    (TRL's metrics, `seconds`, `samples`). With `log_path` both are written there as JSON lines (`phase` column).
     """
+    from expctr.explainer.verdict import sample_verdicts, score_verdicts, train_verdicts, verdict_token_ids
+    from expctr.llm.prompts import verdict_prefix
+
+    if verdict_dataset is None and reason_steps < 1:
+        raise ExpCTRError("an RL stage needs verdict prompts or at least one GRPO reason step")
     set_threads(llm.threads)
+    started = time.perf_counter()
     tokenizer = load_tokenizer(base_model_dir)
     model = load_model(base_model_dir, dtype=llm.dtype, device=llm.device)
-    policy, logs, summary = train_policy(model, tokenizer, dataset, reward_funcs, reward_weights, rl, llm,
-                                         steps, seed, init_adapter_dir=init_adapter_dir, micro_batch=micro_batch)
+    policy = attach_adapter(model, rl, init_adapter_dir)
+    summary: dict[str, Any] = {"n_trainable_params": _check_only_lora_trainable(policy), "seed": int(seed)}
+    verdict_logs: list[dict[str, Any]] = []
+    if verdict_dataset is not None:
+        if verdict_rewards is None:
+            raise ExpCTRError("the verdict step needs the rewards of both verdicts per prompt")
+        t0 = time.perf_counter()
+        verdict_logs = train_verdicts(policy, tokenizer, prompt_token_ids(verdict_dataset, tokenizer),
+                                      verdict_rewards[0], verdict_rewards[1], learning_rate=rl.verdict_lr,
+                                      batch_size=rl.verdict_batch_size, temperature=rl.verdict_temperature,
+                                      seed=seed)
+        summary["verdict"] = {"prompts": len(verdict_dataset), "steps": len(verdict_logs),
+                              "seconds": round(time.perf_counter() - t0, 3)}
+    grpo_logs: list[dict[str, Any]] = []
+    if reason_steps > 0:
+        opened = build_prompt_dataset(reason_pairs, tokenizer, llm.max_prompt_tokens, EXPLANATION_PREFIX)
+        z = score_verdicts(policy, tokenizer, prompt_token_ids(opened, tokenizer), verdict_token_ids(tokenizer),
+                           batch_size=llm.gen_batch_size)
+        positive = sample_verdicts(z, seed)
+        dataset = build_prompt_dataset(reason_pairs, tokenizer, llm.max_prompt_tokens,
+                                       [verdict_prefix(bool(v)) for v in positive])
+        policy, grpo_logs, grpo_summary = train_policy(policy, tokenizer, dataset, [reward], None, rl, llm,
+                                                       reason_steps, seed, micro_batch=micro_batch)
+        summary["reason"] = {**grpo_summary, "positive_verdicts": float(np.mean(positive))}
     save_adapter(policy, out_adapter_dir)
-    summary["adapter_dir"] = str(out_adapter_dir)
-    summary["base_model_dir"] = str(base_model_dir)
+    summary["seconds"] = round(time.perf_counter() - started, 3)
     if log_path is not None:
+        rows = [{"phase": "verdict", **r} for r in verdict_logs] + [{"phase": "reason", **r} for r in grpo_logs]
         with atomic_path(log_path) as tmp:
-            tmp.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in logs))
-    return {"summary": summary, "steps": logs}
+            tmp.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+    return {"summary": summary, "verdict_steps": verdict_logs, "steps": grpo_logs}
 
 
 __all__ = [
     "ADAPTER_FILES",
     "ID_COLUMNS",
     "adapter_weights",
+    "attach_adapter",
     "base_weights",
     "build_prompt_dataset",
     "check_adapter_dir",
@@ -487,6 +560,7 @@ __all__ = [
     "load_explainer",
     "lora_config",
     "micro_batch_size",
+    "prompt_token_ids",
     "run_rl_stage",
     "save_adapter",
     "train_policy",

@@ -70,6 +70,7 @@ class GenerationResult:
     raw_texts: list[str]
     n_new_tokens: list[int]
     complete: list[bool]
+    first_logits: list[list[float]] | None = None  # per prompt, the first step's logits of `first_token_ids`
 
 
 class _SentenceStop:
@@ -111,11 +112,13 @@ def generate(
     stop_at_sentence: bool = True,
     progress: bool = True,
     desc: str = "generate",
+    first_token_ids: Sequence[int] | None = None,
 ) -> GenerationResult:
     """Generate a continuation per prompt (chat messages, or already-rendered text), batched.
 
     Greedy unless `do_sample`; sampling is seeded (`seed`) without touching the caller's global RNG state.
-    The tokenizer must pad on the left (`load_tokenizer` does).
+    The tokenizer must pad on the left (`load_tokenizer` does). With `first_token_ids`, the logits of those
+    tokens at the first generated position are returned too (e.g. the verdict logit, at no extra cost).
     """
     import torch
     from transformers import StoppingCriteriaList
@@ -128,8 +131,11 @@ def generate(
     raw: list[str] = [""] * n
     counts: list[int] = [0] * n
     ended: list[bool] = [False] * n  # stopped by eos or the sentence criterion before the token cap
+    first: list[list[float]] = [[] for _ in range(n)]
+    want_first = list(first_token_ids or [])
 
     gen_config, stop_ids = generation_config(model, tokenizer, max_new_tokens, do_sample, temperature, top_p)
+    gen_config.update(output_logits=bool(want_first), return_dict_in_generate=True)
 
     devices = [model.device.index or 0] if model.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.inference_mode():
@@ -143,12 +149,19 @@ def generate(
             stops = [_SentenceStop(tokenizer, prompt_len)] if stop_at_sentence else []
             criteria = StoppingCriteriaList(stops)
             out = model.generate(**batch, generation_config=gen_config, stopping_criteria=criteria)
+            if want_first:
+                step0 = out.logits[0][:, want_first].float().cpu().tolist()
+                for row, i in enumerate(idx):
+                    first[i] = step0[row]
+            out = out.sequences
             for i, (text, count, stopped) in zip(idx, decode_new_tokens(tokenizer, out[:, prompt_len:], stop_ids)):
                 raw[i], counts[i], ended[i] = text, count, stopped
             bar.update(len(idx))
         bar.close()
 
-    return generation_result(raw, counts, ended, stop_at_sentence)
+    result = generation_result(raw, counts, ended, stop_at_sentence)
+    result.first_logits = first if want_first else None
+    return result
 
 
 def generation_config(model, tokenizer, max_new_tokens: int, do_sample: bool, temperature: float = 1.0,

@@ -109,3 +109,94 @@ def judge_p_yes(model, tokenizer, messages_batch: Sequence[Sequence[Message]], b
     yn = judge_yes_no_logits(model, tokenizer, messages_batch, batch_size=batch_size, ids=ids,
                              progress=progress)
     return np.exp(-np.logaddexp(0.0, yn[:, 1] - yn[:, 0]))  # sigmoid(yes - no), overflow-free
+
+
+def cache_kwarg(model) -> str:
+    """The forward() keyword of the KV cache: `cache` in transformers >= 5.2x, `past_key_values` before."""
+    import inspect
+
+    fn = getattr(model, "get_base_model", lambda: model)().forward
+    return "cache" if "cache" in inspect.signature(fn).parameters else "past_key_values"
+
+
+def output_cache(out):
+    """The KV cache a forward() returned, under either name."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for j in range(n):
+        if any(s[j] != first[j] for s in seqs[1:]):
+            return j
+    return n
+
+
+def judge_yes_no_logits_grouped(model, tokenizer, groups: Sequence[Sequence[Sequence[Message]]],
+                                batch_size: int = 8, ids: YesNoIds | None = None,
+                                progress: bool = False) -> list[np.ndarray]:
+    """Per group, a (len(group), 2) array of [Yes, No] logits, equal to `judge_yes_no_logits` on each prompt.
+
+    Why groups: the judge prompts of one pair (the zero-shot readout, one per explanation or per verdict, the
+    completions of one RL prompt) share the system text and the user's context - most of their tokens. Each
+    group's shared token prefix is run once (a batch of `batch_size` groups, left-padded, with a KV cache);
+    the cache rows are then repeated for the group's prompts (`reorder_cache`) and only the differing suffixes
+    are run: row = [padding + prefix | padding + suffix], the mask hides both paddings and position ids are
+    counted over real tokens, so every row sees exactly its own prompt.
+    """
+    import torch
+
+    if tokenizer.padding_side != "left":
+        raise ValueError("the judge needs tokenizer.padding_side == 'left' (use load_tokenizer)")
+    ids = ids or yes_no_token_ids(tokenizer)
+    encoded = [[encode_messages(tokenizer, m) for m in group] for group in groups]
+    out = [np.zeros((len(g), 2), dtype=np.float64) for g in encoded]
+    pad = tokenizer.pad_token_id
+    yes_idx = torch.tensor(ids.yes, device=model.device)
+    no_idx = torch.tensor(ids.no, device=model.device)
+    order = [i for i in sorted(range(len(encoded)), key=lambda i: -max((len(e) for e in encoded[i]), default=0))
+             if encoded[i]]
+    with torch.inference_mode():
+        bar = tqdm(total=sum(len(g) for g in encoded), desc="judge", disable=not progress, unit="prompt")
+        for b in range(0, len(order), batch_size):
+            idx = order[b:b + batch_size]
+            cut = [min(_common_prefix_len(encoded[i]), min(len(e) for e in encoded[i]) - 1) for i in idx]
+            prefixes = [encoded[i][0][:c] for i, c in zip(idx, cut)]
+            width = max(len(p) for p in prefixes)
+            prefix_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prefixes], device=model.device)
+            prefix_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prefixes],
+                                       device=model.device)
+            cache = output_cache(model(input_ids=prefix_ids, attention_mask=prefix_mask,
+                                       position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True))
+            rows = [(g, j) for g, i in enumerate(idx) for j in range(len(encoded[i]))]
+            cache.reorder_cache(torch.tensor([g for g, _ in rows], device=model.device))
+            suffixes = [encoded[idx[g]][j][cut[g]:] for g, j in rows]
+            s_width = max(len(s) for s in suffixes)
+            suffix_ids = torch.tensor([[pad] * (s_width - len(s)) + s for s in suffixes], device=model.device)
+            suffix_mask = torch.tensor([[0] * (s_width - len(s)) + [1] * len(s) for s in suffixes],
+                                       device=model.device)
+            mask = torch.cat([prefix_mask[[g for g, _ in rows]], suffix_mask], dim=1)
+            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)[:, width:]
+            logits = model(input_ids=suffix_ids, attention_mask=mask, position_ids=position_ids,
+                           use_cache=True, logits_to_keep=1, **{cache_kwarg(model): cache}).logits[:, -1, :].float()
+            yn = torch.stack([torch.logsumexp(logits[:, yes_idx], -1),
+                              torch.logsumexp(logits[:, no_idx], -1)], dim=-1).cpu().numpy()
+            for r, (g, j) in enumerate(rows):
+                out[idx[g]][j] = yn[r]
+            bar.update(len(rows))
+        bar.close()
+    return out
+
+
+def p_yes_from_logits(yes_no: np.ndarray) -> np.ndarray:
+    """P(Yes) = softmax over [Yes, No] logits = sigmoid(yes - no), overflow-free."""
+    yes_no = np.asarray(yes_no, dtype=np.float64)
+    return np.exp(-np.logaddexp(0.0, yes_no[..., 1] - yes_no[..., 0]))
+
+
+def judge_p_yes_grouped(model, tokenizer, groups: Sequence[Sequence[Sequence[Message]]], batch_size: int = 8,
+                        ids: YesNoIds | None = None, progress: bool = False) -> list[np.ndarray]:
+    """P(Yes) per prompt of each group (see `judge_yes_no_logits_grouped`), in input order."""
+    return [p_yes_from_logits(g) for g in judge_yes_no_logits_grouped(model, tokenizer, groups, batch_size, ids,
+                                                                      progress)]

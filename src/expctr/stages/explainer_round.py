@@ -1,4 +1,4 @@
-"""explainer_round stage: one ExpCTR round (see expctr.explainer.rounds)."""
+"""explainer_round stage: one ExpCTR round, or round 0 = the base explainer evaluated (see expctr.explainer.rounds)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,6 @@ from expctr.paths import ProjectPaths
 
 
 def run(params: Params, paths: ProjectPaths, round: int = 1) -> dict:
-    if not 1 <= round <= params.rounds:
-        raise ExpCTRError(f"round {round} is outside 1..{params.rounds} (params.yaml rounds)")
+    if not 0 <= round <= params.rounds:
+        raise ExpCTRError(f"round {round} is outside 0..{params.rounds} (params.yaml rounds; 0 = the base explainer)")
     return run_round(params, paths, round)

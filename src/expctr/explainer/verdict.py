@@ -1,0 +1,177 @@
+"""The dense verdict step of an RL stage: the exact rewards of the explainer's two verdicts, no sampling.
+
+Every explanation opens with "The user will probably" and its next token is the verdict: " enjoy" or " not"
+(`verdict_token_ids`). The judge follows the stated stance, so what an explanation earns is decided mostly by
+that one token, and the reward of each verdict can be computed without sampling: r+ and r- are the stage's
+reward of the bare verdict sentences ("The user will probably enjoy "X"." / "... not enjoy "X".") under the
+frozen judge (LC), the judge against the ID model (IC), or their weighted sum (`expctr.explainer.rewards`).
+With pi = P(enjoy) renormalised over the two verdict tokens (pi = sigmoid(z), z = logit(" enjoy") -
+logit(" not") after the prefix), one prompt's expected reward is exactly E[r] = pi r+ + (1 - pi) r-.
+
+What is optimised is the closed-form optimum of the entropy-regularised expected reward,
+
+    pi* = argmax_pi  E_pi[r] + tau H(pi)  =  sigmoid((r+ - r-) / tau),
+
+fitted by cross-entropy CE(pi*, pi) (the "reward-tilted target", as in reward-weighted regression), with
+tau = `rl.verdict_temperature`. Why not ascend E[r] itself: its gradient pi (1 - pi)(r+ - r-) vanishes where the
+policy is confident, and the base explainer is (pi ~ 0.97 "enjoy" on every ML-1M pair): measured, 400 train
+pairs of plain expected-reward ascent only pushed every verdict further to "enjoy" (median z 3.6 -> 10.9, verdict
+AUC 0.58 -> 0.60), while the tilted target moves a confidently wrong verdict at full rate. Both use the same exact
+rewards; the logged curve is E[r] under the current policy. The reason that follows the verdict is trained by
+GRPO (TRL), with the verdict fixed per group.
+
+A plain loop over an `accelerate.Accelerator` (TRL has no objective over a first token taken in closed form),
+so the same code runs on one CPU process, N processes (DDP) or a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from expctr.llm.prompts import EXPLANATION_PREFIX, NEGATIVE_VERDICT, POSITIVE_VERDICT
+
+
+@dataclass(frozen=True)
+class VerdictTokens:
+    """Token ids of the two verdicts right after EXPLANATION_PREFIX (first token of " enjoy" / " not enjoy")."""
+
+    positive: int
+    negative: int
+
+
+def verdict_token_ids(tokenizer, prefix: str = EXPLANATION_PREFIX) -> VerdictTokens:
+    """Resolved from the tokenizer in context (never hard-coded); the two must differ."""
+    ids = []
+    for word in (POSITIVE_VERDICT, NEGATIVE_VERDICT):
+        base = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        full = tokenizer(f"{prefix} {word}", add_special_tokens=False)["input_ids"]
+        if full[:len(base)] != base or len(full) == len(base):
+            raise ValueError(f"the tokenizer merges {word!r} into the prefix {prefix!r}")
+        ids.append(full[len(base)])
+    if ids[0] == ids[1]:
+        raise ValueError(f"the verdicts {POSITIVE_VERDICT!r} and {NEGATIVE_VERDICT!r} start with the same token")
+    return VerdictTokens(*ids)
+
+
+def verdict_logit(model, input_ids, attention_mask, tokens: VerdictTokens):
+    """z = logit(positive) - logit(negative) at the last position of each (left-padded) prompt, shape (B,)."""
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   use_cache=False, logits_to_keep=1).logits[:, -1, :].float()
+    return logits[:, tokens.positive] - logits[:, tokens.negative]
+
+
+def expected_reward(z, r_pos, r_neg):
+    """E[r] = pi r+ + (1 - pi) r-, pi = sigmoid(z): the exact expected reward of each prompt's verdict."""
+    import torch
+
+    pi = torch.sigmoid(z)
+    return pi * r_pos + (1.0 - pi) * r_neg
+
+
+def verdict_target(r_pos, r_neg, temperature: float):
+    """pi* = sigmoid((r+ - r-) / tau): the verdict distribution that maximises E[r] + tau H(pi)."""
+    import torch
+
+    if temperature <= 0:
+        raise ValueError(f"the verdict temperature must be > 0, got {temperature}")
+    return torch.sigmoid((r_pos - r_neg) / temperature)
+
+
+def _pad(tokenizer, rows: Sequence[Sequence[int]], device):
+    batch = tokenizer.pad({"input_ids": [list(r) for r in rows]}, return_tensors="pt", padding=True)
+    return batch["input_ids"].to(device), batch["attention_mask"].to(device)
+
+
+def score_verdicts(model, tokenizer, prompt_ids: Sequence[Sequence[int]], tokens: VerdictTokens,
+                   batch_size: int = 16, progress: bool = False, desc: str = "verdicts") -> np.ndarray:
+    """z per prompt (no grad), in input order: the verdict logit as a score (> 0: the greedy verdict is
+    " enjoy" between the two)."""
+    import torch
+
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]), reverse=True)
+    out = np.zeros(len(prompt_ids), dtype=np.float64)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for b in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
+                idx = order[b:b + batch_size]
+                ids, mask = _pad(tokenizer, [prompt_ids[i] for i in idx], model.device)
+                out[idx] = verdict_logit(model, ids, mask, tokens).double().cpu().numpy()
+    finally:
+        model.train(was_training)
+    return out
+
+
+def train_verdicts(model, tokenizer, prompt_ids: Sequence[Sequence[int]], r_pos: Sequence[float],
+                   r_neg: Sequence[float], *, learning_rate: float, batch_size: int, temperature: float,
+                   seed: int, accelerator=None, desc: str = "verdict") -> list[dict[str, Any]]:
+    """One pass over the prompts (shuffled by `seed`) in batches: CE(pi*, pi) with pi* the tilted target.
+
+    `model` is a peft model whose LoRA tensors are the only trainable parameters. Returns one log row per
+    optimizer step: `step`, `reward` (the batch's mean expected reward before the update), `reward_gap`
+    (mean |r+ - r-|), `p_positive` (mean pi), `agree` (share of prompts whose more likely verdict is the
+    better one), `seconds`.
+    """
+    import torch
+    from accelerate import Accelerator
+
+    if len(prompt_ids) != len(r_pos) or len(prompt_ids) != len(r_neg):
+        raise ValueError(f"{len(prompt_ids)} prompts for {len(r_pos)} / {len(r_neg)} verdict rewards")
+    accelerator = accelerator or Accelerator(cpu=model.device.type == "cpu")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    tokens = verdict_token_ids(tokenizer)
+    order = np.random.default_rng(seed).permutation(len(prompt_ids))
+    # each process takes every n-th batch: N processes see N disjoint batches per optimizer step (DDP averages)
+    batches = [order[b:b + batch_size] for b in range(0, len(order), batch_size)]
+    mine = batches[accelerator.process_index::accelerator.num_processes]
+    model.train()
+    logs: list[dict[str, Any]] = []
+    for step, idx in enumerate(tqdm(mine, desc=desc, unit="step", disable=not accelerator.is_main_process), 1):
+        t0 = time.perf_counter()
+        ids, mask = _pad(tokenizer, [prompt_ids[i] for i in idx], accelerator.device)
+        rp = torch.tensor([r_pos[i] for i in idx], dtype=torch.float32, device=accelerator.device)
+        rn = torch.tensor([r_neg[i] for i in idx], dtype=torch.float32, device=accelerator.device)
+        z = verdict_logit(model, ids, mask, tokens)
+        reward = expected_reward(z.detach(), rp, rn)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z, verdict_target(rp, rn, temperature))
+        optimizer.zero_grad()
+        accelerator.backward(loss)
+        optimizer.step()
+        pi = torch.sigmoid(z).detach()
+        logs.append({
+            "step": step,
+            "reward": float(reward.mean().detach()),
+            "reward_gap": float((rp - rn).abs().mean()),
+            "p_positive": float(pi.mean()),
+            "agree": float(((pi > 0.5) == (rp > rn)).float().mean()),
+            "seconds": round(time.perf_counter() - t0, 3),
+        })
+    return logs
+
+
+def sample_verdicts(z: np.ndarray, seed: int) -> np.ndarray:
+    """A verdict per prompt drawn from pi = sigmoid(z) (seeded): the on-policy verdicts that open the GRPO
+    prompts of the reason step."""
+    rng = np.random.default_rng(seed)
+    pi = 1.0 / (1.0 + np.exp(-np.clip(np.asarray(z, dtype=np.float64), -50, 50)))
+    return rng.random(len(pi)) < pi
+
+
+def quarter_means(values: Sequence[float]) -> tuple[float, float]:
+    """(mean of the first quarter, mean of the last quarter) of a reward curve (at least one value each)."""
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return float("nan"), float("nan")
+    q = max(1, len(vals) // 4)
+    return float(np.mean(vals[:q])), float(np.mean(vals[-q:]))
