@@ -7,7 +7,6 @@ becomes the ``summary`` entry. Each ``meta.dagster.checks`` file (a Great Expect
 the stage) becomes a blocking asset check: when it fails, downstream stages in the same run do not start.
 """
 
-import hashlib
 import json
 import math
 import posixpath
@@ -20,6 +19,7 @@ import dagster as dg
 import yaml
 
 from orchestration.dvc_graph import DvcPipeline, DvcStage
+from orchestration.dvc_state import code_version, data_version_of_outs, lock_out_hashes, read_lock
 from orchestration.resources import DvcProject
 
 GROUP_NAME = "expctr"
@@ -114,14 +114,8 @@ def headline_table(stage: DvcStage, metrics: Mapping[str, int | float]) -> str:
 def lock_outs(stage: DvcStage, project_dir: Path) -> dict[str, str]:
     """``{out path: md5}`` that ``dvc.lock`` records for the stage (empty when not recorded)."""
     try:
-        lock = yaml.safe_load((project_dir / "dvc.lock").read_text(encoding="utf-8")) or {}
-        entry = lock.get("stages", {}).get(stage.name) or {}
-        return {
-            str(o["path"]): str(o.get("md5") or o.get("hash") or "")
-            for o in entry.get("outs", [])
-            if isinstance(o, Mapping) and "path" in o
-        }
-    except (OSError, yaml.YAMLError, AttributeError):
+        return lock_out_hashes(read_lock(project_dir).get(stage.name))
+    except ValueError:
         return {}
 
 
@@ -185,11 +179,9 @@ def materialization_metadata(stage: DvcStage, project_dir: Path) -> tuple[dict[s
     if missing:
         md["dvc_outs_missing"] = dg.MetadataValue.json(missing)
     outs = lock_outs(stage, project_dir)
-    version = None
     if outs:
         md["dvc_lock_outs"] = dg.MetadataValue.json(outs)
-        version = hashlib.sha256(json.dumps(outs, sort_keys=True).encode()).hexdigest()[:16]
-    return md, version
+    return md, data_version_of_outs(outs)
 
 
 # ---------------------------------------------------------------------------------------- GX checks
@@ -308,12 +300,19 @@ def evaluate_gx_result(path: Path, stage_name: str, rel: str | None = None) -> d
 # ---------------------------------------------------------------------------------------- factories
 
 
-def build_stage_asset(stage: DvcStage, upstream: Sequence[DvcStage]) -> dg.AssetsDefinition:
-    """The asset that materialises ``stage`` through ``dvc repro --single-item``."""
+def build_stage_asset(
+    stage: DvcStage, upstream: Sequence[DvcStage], version: str | None = None
+) -> dg.AssetsDefinition:
+    """The asset that materialises ``stage`` through ``dvc repro --single-item``.
+
+    ``version`` is the stage's code version (:func:`orchestration.dvc_state.code_version`: its command,
+    param values and code as they are now), so Dagster marks the asset stale when any of them changes.
+    """
 
     @dg.asset(
         name=stage.asset_key,
         description=stage.desc,
+        code_version=version,
         deps=[dg.AssetKey(u.asset_key) for u in upstream],
         group_name=GROUP_NAME,
         kinds={"dvc"},
@@ -358,9 +357,15 @@ def build_gx_check(stage: DvcStage, rel: str) -> dg.AssetChecksDefinition:
     return _gx_check
 
 
-def build_assets(pipeline: DvcPipeline) -> list[dg.AssetsDefinition]:
+def build_assets(pipeline: DvcPipeline, project_dir: Path | None = None) -> list[dg.AssetsDefinition]:
+    """One asset per stage; with ``project_dir``, each carries its stage's current code version."""
     return [
-        build_stage_asset(s, [pipeline.stage(u) for u in pipeline.upstream(s.name)]) for s in pipeline.stages
+        build_stage_asset(
+            s,
+            [pipeline.stage(u) for u in pipeline.upstream(s.name)],
+            code_version(pipeline, s, project_dir) if project_dir is not None else None,
+        )
+        for s in pipeline.stages
     ]
 
 

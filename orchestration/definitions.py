@@ -13,6 +13,7 @@ import dagster as dg
 from orchestration.assets import asset_keys, build_assets, build_checks
 from orchestration.dvc_graph import DVC_YAML, load_pipeline
 from orchestration.resources import PROJECT_DIR_ENV, DvcProject, default_dvc_bin
+from orchestration.sensors import build_raw_files_sensor, build_sync_sensor
 
 JOB_NAME = "expctr_pipeline"
 
@@ -32,7 +33,8 @@ def resolve_project_dir() -> Path:
 
 
 def build_definitions(project_dir: str | Path | None = None) -> dg.Definitions:
-    """Assets, blocking GX checks, the ``dvc`` resource and the ``expctr_pipeline`` job for a project.
+    """Assets (with code versions), blocking GX checks, the ``dvc`` resource, the ``expctr_pipeline`` job
+    and the sensors (``dvc_lock_sync`` on, ``raw_files_changed`` off) for a project.
 
     Every run uses the in-process executor: the stages of one run execute one after another in one
     process, so they never contend for DVC's repository lock (and no per-step process start-up).
@@ -45,10 +47,12 @@ def build_definitions(project_dir: str | Path | None = None) -> dg.Definitions:
         description=f"Every stage of {root / DVC_YAML} in DVC order, with its blocking GX checks.",
         executor_def=dg.in_process_executor,
     )
+    sensors = [build_sync_sensor(pipeline), build_raw_files_sensor(pipeline, pipeline_job)]
     return dg.Definitions(
-        assets=build_assets(pipeline),
+        assets=build_assets(pipeline, root),
         asset_checks=build_checks(pipeline),
         jobs=[pipeline_job],
+        sensors=[s for s in sensors if s is not None],
         resources={"dvc": DvcProject(project_dir=str(root), dvc_bin=default_dvc_bin())},
         executor=dg.in_process_executor,
     )

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Sets up ExpCTR on a fresh machine: project venv (.venv) and DVC in its own tool venv (.venv-dvc).
+# Sets up ExpCTR on a fresh machine from the committed lock files: the project venv (.venv) from
+# requirements/project.lock.txt and DVC in its own tool venv (.venv-dvc) from requirements/dvc.lock.txt.
+# Re-running it after a lock change brings both venvs to the new pins (upgrade: see scripts/lock.sh).
 #
 # Why two venvs: dvc pins antlr4-python3-runtime 4.9 (via hydra-core/omegaconf) while Dagster's
 # asset-selection parser needs 4.13. DVC lives in .venv-dvc and is linked into .venv/bin, so
@@ -13,18 +15,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 TORCH_SPEC=${EXPCTR_TORCH_SPEC:-torch==2.13.0}
+LOCK=requirements/project.lock.txt
+DVC_LOCK=requirements/dvc.lock.txt
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip uv
-# torch first, with pip (it finds the CPU wheel on this machine's disk); uv would pull a CUDA build.
-.venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q $TORCH_SPEC
-# The rest with uv (about 6x faster); torch is already satisfied so it stays the one installed above.
-.venv/bin/uv pip install -q --python .venv/bin/python -e ".[dev]"
+.venv/bin/python -m pip install -q -r requirements/bootstrap.txt  # pinned pip and uv
+# torch first, with pip (it finds the CPU wheel on this machine's disk; uv would pull a CUDA build); its own
+# dependencies (sympy, networkx, ...) at the locked versions.
+.venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q $TORCH_SPEC -c "$LOCK"
+# Everything else exactly as locked (uv, about 6x faster than pip; torch is already satisfied and stays),
+# then the project itself without dependencies, so nothing outside the lock is installed.
+.venv/bin/uv pip install -q --python .venv/bin/python -r "$LOCK"
+.venv/bin/uv pip install -q --python .venv/bin/python --no-deps -e .
+.venv/bin/uv pip check -q --python .venv/bin/python
 
-[ -x .venv-dvc/bin/dvc ] || {
-  "$PY" -m venv .venv-dvc
-  .venv/bin/uv pip install -q --python .venv-dvc/bin/python "dvc>=3.50,<4"
-}
+[ -x .venv-dvc/bin/python ] || "$PY" -m venv .venv-dvc
+.venv/bin/uv pip install -q --python .venv-dvc/bin/python -r "$DVC_LOCK"
 ln -sf ../../.venv-dvc/bin/dvc .venv/bin/dvc
 .venv/bin/dvc --version >/dev/null
 echo "setup done: source .venv/bin/activate  (expctr, dagster, dvc on PATH)"

@@ -164,6 +164,34 @@ class ServingParams(_Strict):
     threads: int = Field(default=2, ge=1)
 
 
+DISTRIBUTED_STAGES = ("ctr_model",)  # stages whose trainer runs data-parallel; the RL stages join here
+
+
+class DistributedParams(_Strict):
+    """Multi-process data-parallel training through `accelerate launch` (expctr.distributed).
+
+    num_processes > 1 re-runs each stage in `stages` as N processes (DDP: one per GPU, or gloo on CPU);
+    only process 0 writes artifacts. Settings that differ per machine (its rank) are not params: each
+    machine sets EXPCTR_MACHINE_RANK.
+    """
+
+    num_processes: int = Field(default=1, ge=1)  # total over all machines, like `accelerate launch`
+    stages: list[Literal[DISTRIBUTED_STAGES]] = Field(default_factory=lambda: list(DISTRIBUTED_STAGES))
+    num_machines: int = Field(default=1, ge=1)
+    main_process_ip: str | None = None  # rank 0's address; required when num_machines > 1
+    main_process_port: int = Field(default=0, ge=0, le=65535)  # 0: any free port (one machine only)
+
+    @model_validator(mode="after")
+    def _multi_machine_needs_an_address(self) -> DistributedParams:
+        if self.num_machines > 1:
+            if self.main_process_ip is None or self.main_process_port == 0:
+                raise ValueError("num_machines > 1 needs main_process_ip and a fixed main_process_port")
+            if self.num_processes % self.num_machines:
+                raise ValueError(f"num_processes ({self.num_processes}) must be a multiple of num_machines "
+                                 f"({self.num_machines}): each machine runs the same number of processes")
+        return self
+
+
 class Params(BaseModel):
     """The whole params.yaml; a typo in any key is an error rather than a silently ignored setting."""
 
@@ -182,6 +210,7 @@ class Params(BaseModel):
     rounds: int = Field(default=3, ge=1)
     evaluation: EvaluationParams = Field(default_factory=EvaluationParams)
     serving: ServingParams = Field(default_factory=ServingParams)
+    distributed: DistributedParams = Field(default_factory=DistributedParams)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
