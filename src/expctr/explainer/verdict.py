@@ -132,9 +132,12 @@ def train_verdicts(model, tokenizer, prompt_ids: Sequence[Sequence[int]], r_pos:
     model, optimizer = accelerator.prepare(model, optimizer)
     tokens = verdict_token_ids(tokenizer)
     order = np.random.default_rng(seed).permutation(len(prompt_ids))
-    # each process takes every n-th batch: N processes see N disjoint batches per optimizer step (DDP averages)
+    # each process takes every N-th batch: N processes see N disjoint batches per optimizer step (DDP averages
+    # their gradients); every process takes the same number of steps (a trailing partial round is dropped when
+    # N > 1), or DDP would wait forever for the missing one
     batches = [order[b:b + batch_size] for b in range(0, len(order), batch_size)]
-    mine = batches[accelerator.process_index::accelerator.num_processes]
+    n_proc = accelerator.num_processes
+    mine = batches[accelerator.process_index:(len(batches) // n_proc) * n_proc:n_proc]
     model.train()
     logs: list[dict[str, Any]] = []
     for step, idx in enumerate(tqdm(mine, desc=desc, unit="step", disable=not accelerator.is_main_process), 1):
