@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from expctr.evaluation.faithfulness import TitleIndex, is_strong, title_keys, tokens, unseen_mentions
+from expctr.evaluation.faithfulness import (
+    TitleIndex,
+    is_strong,
+    quoted_outside,
+    quoted_spans,
+    title_keys,
+    tokens,
+    unseen_mentions,
+)
 
 CATALOGUE = [
     ("Matrix, The", 1999),
@@ -123,3 +131,26 @@ def test_mentions_report_each_title_once_in_order(index):
     found = index.mentions('Like "Heat", Die Hard and die hard, and The Matrix (1999).')
     assert [m.title for m in found] == ["Heat", "Die Hard", "Matrix, The"]
     assert [m.how for m in found] == ["quoted", "text", "year"]
+
+
+def test_quoted_spans_must_be_the_pairs_titles():
+    """Every quoted title is a history item or the target: invented titles, catalogue titles outside the pair
+    and prompt text quoted as a title are all listed; titles with punctuation match however they are quoted."""
+    history = [{"title": "Schindler's List", "year": 1993}, {"title": "Matrix, The", "year": 1999},
+               {"title": "Star Wars: Episode IV - A New Hope", "year": 1977}]
+    target = {"title": "Back to the Future", "year": 1985}
+    ok = [
+        'The user will probably enjoy "Back to the Future" (1985; Comedy, Sci-Fi) as they liked "The Matrix".',
+        "The user will probably enjoy \u201cSchindler\u2019s List\u201d-like dramas and 'Star Wars'.",
+        'The user will probably not enjoy "Back to the Future (1985)" because "Drama" fans rarely do.',
+        "The user will probably enjoy it, as the user's favourites are action films.",  # an apostrophe, no quote
+    ]
+    for text in ok:
+        assert quoted_outside(text, history, target) == [], text
+    assert quoted_outside('The user will probably enjoy "The Shawshiels" (1999; Drama) and "The Shawshiels".',
+                          history, target) == ["The Shawshiels", "The Shawshiels"]
+    assert quoted_outside('The user will probably enjoy "Movies the user rated recently, oldest first".',
+                          history, target) == ["Movies the user rated recently, oldest first"]
+    assert quoted_outside("The user will probably enjoy `Heat` and 'Fargo'.", history, target) == ["Heat", "Fargo"]
+    assert quoted_outside('They loved "Die Hard", not "Schindler\'s List".', history, None) == ["Die Hard"]
+    assert quoted_spans('A "b" c \u201cD\u201d `e`') == ["b", "D", "e"]

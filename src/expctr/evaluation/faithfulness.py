@@ -31,9 +31,13 @@ Reliability rule (which keys may be matched where):
 - keys of fewer than two letters/digits are never matched (``M``, or a title of only punctuation), nor
   keys made only of genre names (``Romance``: the prompt lists genres, so naming one is not a title).
 
-Limits: a title that is not in the catalogue at all (an invented one) cannot be recognised, and the whole
-history of the pair counts as shown even where the prompt had to drop its oldest items to fit the token
-budget; both make the metric err on the lenient side.
+Invented titles: a title that is in no catalogue cannot be recognised in free text, but a *quoted* one can:
+:func:`quoted_outside` lists every quoted span (double, curly or back quotes; single quotes around a
+capitalised phrase) that names neither a history item nor the target — invented titles ("The Shawshiels"),
+catalogue titles outside the pair, and prompt text quoted as if it were a title ("Movies the user rated
+recently, oldest first"). A quoted genre name is not a title. :func:`unseen_mentions` still misses an
+unquoted invented title, and the whole history of the pair counts as shown even where the prompt had to drop
+its oldest items to fit the token budget; both make the metric err on the lenient side.
 
 Overlapping matches: leftmost-longest (``Die Hard 2`` is one mention, not also ``Die Hard``). A mentioned key
 is *seen* when any key of any history item or of the target equals it (so another title of the same key,
@@ -328,13 +332,13 @@ class TitleIndex:
         return list(found.values())
 
 
-def allowed_keys(history: Iterable[Mapping[str, Any]] | None, target: Mapping[str, Any] | None) -> set:
-    """Keys of every title the pair showed: its history items and its target."""
+def allowed_keys(history: Iterable[Any] | None, target: Any | None) -> set:
+    """Keys of every title the pair showed: its history items and its target (mappings or Items)."""
     keys: set[tuple[str, ...]] = set()
     items = list(history) if history is not None else []
     for item in [*items, *([target] if target is not None else [])]:
         if item is not None:
-            keys |= title_keys(item.get("title"))
+            keys |= title_keys(item.get("title") if isinstance(item, Mapping) else getattr(item, "title", None))
     return keys
 
 
@@ -342,3 +346,32 @@ def unseen_mentions(index: TitleIndex, text: Any, history, target) -> list[Menti
     """Catalogue titles `text` names that are neither in `history` nor the `target`."""
     allowed = allowed_keys(history, target)
     return [m for m in index.mentions(text) if m.key not in allowed]
+
+
+_TITLE_QUOTES = (
+    re.compile(r'"([^"\n]{1,160})"'),
+    re.compile("\u201c([^\u201d\n]{1,160})\u201d"),
+    re.compile(r"`([^`\n]{1,160})`"),
+    re.compile("(?<![0-9A-Za-z])['\u2018]([A-Z0-9][^'\u2018\u2019\n]{0,159})['\u2019](?![0-9A-Za-z])"),
+)
+
+
+def quoted_spans(text: Any) -> list[str]:
+    """The quoted spans of `text` that stand for titles, in order (see the module docstring)."""
+    found = []
+    for rx in _TITLE_QUOTES:
+        found += [(m.start(), m.group(1)) for m in rx.finditer(str(text))]
+    return [s for _, s in sorted(found)]
+
+
+def quoted_outside(text: Any, history, target) -> list[str]:
+    """Quoted spans that name neither an item of `history` nor the `target`: invented titles, catalogue
+    titles outside the pair, prompt text quoted as a title. Spans made only of genre names are not titles."""
+    allowed = allowed_keys(history, target)
+    out = []
+    for span in quoted_spans(text):
+        words = tokens(span)
+        if not words or all(w in _GENRES for w in words) or title_keys(span) & allowed:
+            continue
+        out.append(span.strip())
+    return out
