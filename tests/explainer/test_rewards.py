@@ -333,9 +333,9 @@ def test_stance(text, expected):
     ("...", ["empty"]),
     (POS + " It is also a classic.", ["multi_sentence"]),
     ("The Lion King is a 1994 animated musical about a young lion.", ["no_verdict"]),
-    ("The user will probably enjoy it: movies the user rated recently, oldest first, liked Toy Story.", ["copy"]),
+    ("The user will probably enjoy it: in one sentence, will the user enjoy it, sure.", ["copy"]),
     ("The user will probably enjoy it because " + "it has songs and " * 12 + "lions.", ["too_long"]),
-    ("The Lion King is a film. Movies the user rated recently, oldest first, liked it.",
+    ("The Lion King is a film. In one sentence, will the user enjoy it, and why.",
      ["multi_sentence", "no_verdict", "copy"]),
 ])
 def test_format_penalties(completion, violations):
@@ -345,6 +345,22 @@ def test_format_penalties(completion, violations):
     assert fmt(prompts=[PROMPT], completions=[completion]) == [expected]
     conv = [{"role": "assistant", "content": completion}]
     assert fmt(prompts=[PROMPT], completions=[conv]) == [expected]
+
+
+@pytest.mark.parametrize(("completion", "violations"), [
+    ('The user will probably enjoy "The Lion King" because they liked "Aladdin".', []),
+    ("The user will probably enjoy it because they love animated films.", []),  # a shared genre
+    ("The user will probably enjoy it because of its similarity to the Liked movies.", ["ungrounded"]),
+    ('The user will probably enjoy it like "The Shawshiels" because it is animated.', ["outside_title"]),
+    ('The user will probably enjoy "Movies the user rated recently".', ["ungrounded", "outside_title"]),
+])
+def test_format_grounding_penalties_with_the_pairs_context(completion, violations):
+    """With the pair's history and target, the reason must name a history item or a shared genre, and every
+    quoted title must be one of them (invented titles and prompt text quoted as a title are penalised)."""
+    fmt = FormatReward()
+    assert fmt.violations(completion, PROMPT, history=HISTORY, target=TARGET) == violations
+    got = fmt(prompts=[PROMPT], completions=[completion], history=[HISTORY], target=[TARGET])
+    assert got == [sum(PEN[v] for v in violations)]
 
 
 def test_naming_items_from_the_prompt_is_not_copying():
@@ -381,7 +397,7 @@ def test_combine_weights_parts_and_logs_each_part():
                log_metric=lambda k, v: metrics.__setitem__(k, v),
                log_extra=lambda k, v: extras.__setitem__(k, v))
     lc_parts = [math.log(0.8), math.log(0.5)]
-    fmt_parts = [0.0, PEN["no_verdict"]]
+    fmt_parts = [0.0, PEN["no_verdict"] + PEN["ungrounded"]]  # history and target arrive as columns
     assert got == pytest.approx([2 * a + 0.5 * b for a, b in zip(lc_parts, fmt_parts)])
     assert comb.last_parts == {"lc_reward": pytest.approx(lc_parts), "format_reward": fmt_parts}
     assert metrics == {"lc_stage/lc_reward": pytest.approx(np.mean(lc_parts)),

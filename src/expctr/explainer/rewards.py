@@ -225,11 +225,15 @@ class JudgeScorer:
         self._memo.update((self._key(m), float(p)) for m, p in zip(messages_batch, p_yes))
 
     @staticmethod
+    def _messages(key: tuple) -> list[dict[str, str]]:
+        return [{"role": r, "content": c} for r, c in key]
+
+    @staticmethod
     def _key(messages: Sequence[Mapping[str, str]]) -> tuple:
         return tuple((m["role"], m["content"]) for m in messages)
 
     def __call__(self, messages_batch: Sequence[Sequence[Mapping[str, str]]]) -> np.ndarray:
-        from expctr.llm.judge import judge_p_yes_grouped
+        from expctr.llm.judge import judge_p_yes, judge_p_yes_grouped
 
         keys = [self._key(m) for m in messages_batch]
         todo: dict[tuple, list[tuple]] = {}  # context (all but the last turn) -> prompts to score
@@ -239,22 +243,26 @@ class JudgeScorer:
                 if k not in group:
                     group.append(k)
         if todo:
-            groups = list(todo.values())
+            # groups of one gain nothing from sharing their context: one plain pass scores them
+            single = [g[0] for g in todo.values() if len(g) == 1]
+            groups = [g for g in todo.values() if len(g) > 1]
             was_training = self.model.training
             self.model.eval()
             ctx = self.model.disable_adapter() if self.disable_adapter else contextlib.nullcontext()
             try:
                 with ctx:
-                    scores = judge_p_yes_grouped(
-                        self.model, self.tokenizer,
-                        [[[{"role": r, "content": c} for r, c in k] for k in g] for g in groups],
-                        batch_size=self.batch_size)
+                    plain = judge_p_yes(self.model, self.tokenizer, [self._messages(k) for k in single],
+                                        batch_size=self.batch_size) if single else []
+                    grouped = judge_p_yes_grouped(self.model, self.tokenizer,
+                                                  [[self._messages(k) for k in g] for g in groups],
+                                                  batch_size=self.batch_size) if groups else []
             finally:
                 if was_training:
                     self.model.train()
             if len(self._memo) > self.memo_size:
                 self._memo.clear()
-            for g, sc in zip(groups, scores):
+            self._memo.update(zip(single, (float(x) for x in plain)))
+            for g, sc in zip(groups, grouped):
                 self._memo.update(zip(g, (float(x) for x in sc)))
         return np.array([self._memo[k] for k in keys], dtype=np.float64)
 
@@ -446,16 +454,21 @@ def copied_ngram(completion: str, prompt: str, n: int = 8) -> bool:
 
 
 class FormatReward:
-    """0 for a good one-sentence verdict, else the sum of the penalties that apply (DEFAULT_PENALTIES).
+    """0 for a good one-sentence verdict with a grounded reason, else the sum of the penalties that apply
+    (DEFAULT_PENALTIES).
 
     empty: no letters or digits at all (alone: the other checks are skipped); multi_sentence: anything with a
     letter or digit after the first sentence; no_verdict: `stance(first sentence) == 0`; copy: the whole
     completion shares a `copy_ngram`-word run with the prompt's own text (`copied_ngram`); too_long: the
-    first sentence has more than `max_words` words.
+    first sentence has more than `max_words` words. With the pair's `history` and `target` (TRL passes them as
+    columns): ungrounded: the reason names no history item and no genre the target shares with the history
+    (`expctr.evaluation.grounding`); outside_title: a quoted span names neither a history item nor the target
+    (an invented title, or prompt text quoted as one; `faithfulness.quoted_outside`).
     """
 
     DEFAULT_PENALTIES: ClassVar[dict[str, float]] = {
-        "empty": -2.0, "multi_sentence": -0.5, "no_verdict": -1.0, "copy": -1.0, "too_long": -0.5}
+        "empty": -2.0, "multi_sentence": -0.5, "no_verdict": -1.0, "copy": -1.0, "too_long": -0.5,
+        "ungrounded": -0.5, "outside_title": -1.0}
 
     def __init__(self, penalties: Mapping[str, float] | None = None, copy_ngram: int = 8, max_words: int = 50,
                  name: str = "format_reward"):
@@ -465,7 +478,8 @@ class FormatReward:
         self.penalties = {**self.DEFAULT_PENALTIES, **(penalties or {})}
         self.copy_ngram, self.max_words, self.__name__ = int(copy_ngram), int(max_words), name
 
-    def violations(self, completion: Any, prompt: Any = "", prefix: str | None = None) -> list[str]:
+    def violations(self, completion: Any, prompt: Any = "", prefix: str | None = None, history=None,
+                   target=None) -> list[str]:
         """The names of the checks a completion fails (empty list = a good explanation)."""
         text = completion_text(completion, prefix).strip()
         if not _words(text):
@@ -480,15 +494,28 @@ class FormatReward:
             out.append("copy")
         if len(sentence.split()) > self.max_words:
             out.append("too_long")
+        if target is not None:
+            from expctr.evaluation.faithfulness import quoted_outside
+            from expctr.evaluation.grounding import grounded
+
+            if not grounded(sentence, history or [], target):
+                out.append("ungrounded")
+            if quoted_outside(sentence, history or [], target):
+                out.append("outside_title")
         return out
 
-    def score(self, completion: Any, prompt: Any = "", prefix: str | None = None) -> float:
-        return float(sum(self.penalties[v] for v in self.violations(completion, prompt, prefix)))
+    def score(self, completion: Any, prompt: Any = "", prefix: str | None = None, history=None,
+              target=None) -> float:
+        return float(sum(self.penalties[v] for v in self.violations(completion, prompt, prefix, history, target)))
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
-        if len(prompts) != len(completions):
-            raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
-        return [self.score(c, p, pre) for p, c, pre in zip(prompts, completions, prefixes(kwargs, len(prompts)))]
+        n = len(completions)
+        if len(prompts) != n:
+            raise ValueError(f"{len(prompts)} prompts for {n} completions")
+        history = kwargs.get("history") or [None] * n
+        target = kwargs.get("target") or [None] * n
+        return [self.score(c, p, pre, h, t)
+                for p, c, pre, h, t in zip(prompts, completions, prefixes(kwargs, n), history, target)]
 
 
 # --- combining ---------------------------------------------------------------------------------------------

@@ -234,7 +234,9 @@ def run_round(params: Params, paths: ProjectPaths, k: int) -> dict[str, Any]:
     seed = params.seed + 1000 * k
     budget = llm.max_prompt_tokens
 
-    def stage_inputs(reward, offset: int, drop_label: bool = False):
+    def stage_inputs(stage: str, offset: int, drop_label: bool = False, **parts):
+        """(verdict prompts, their (r+, r-), GRPO reason pairs) of a stage. The verdict rewards leave the format
+        part out: it judges the reason, and the bare verdict sentences have none (it would only shift both)."""
         frame = stage_sample(pool, rl.verdict_prompts, seed + offset)
         if drop_label:  # the IC reward needs no label: prove it by training without one
             frame = frame.drop("label")
@@ -242,14 +244,15 @@ def run_round(params: Params, paths: ProjectPaths, k: int) -> dict[str, Any]:
         reason = stage_sample(pool, rl.prompts_per_step * max(rl.lc_steps, rl.ic_steps, 1), seed + offset + 7)
         if drop_label:
             reason = reason.drop("label")
-        return data, (verdict_rewards(reward, judge, data) if data is not None else None), reason
+        verdict_reward = stage_reward(stage, params.reward.model_copy(update={"format_weight": 0.0}), **parts)
+        return data, (verdict_rewards(verdict_reward, judge, data) if data is not None else None), reason
 
     with atomic_path(paths.round_dir(k)) as out:
         out.mkdir()
         # 1. LC stage
         t0 = time.perf_counter()
         lc_reward = stage_reward("lc", params.reward, lc=lc, fmt=fmt)
-        data, rewards, reason = stage_inputs(lc_reward, 0)
+        data, rewards, reason = stage_inputs("lc", 0, lc=lc)
         lc_run = run_rl_stage(base_dir, out / ADAPTER_LC, lc_reward, rl, llm, seed, verdict_dataset=data,
                               verdict_rewards=rewards, reason_pairs=reason, reason_steps=rl.lc_steps,
                               init_adapter_dir=init_adapter, log_path=out / "rl_lc.jsonl")
@@ -285,7 +288,7 @@ def run_round(params: Params, paths: ProjectPaths, k: int) -> dict[str, Any]:
                           consistency_weight=params.reward.consistency_weight, name="ic")
         ic_reward = stage_reward("ic", params.reward, lc=lc, ic=ic, fmt=fmt)
         label_free = params.reward.ic_form == "agree" and params.reward.ic_lc_weight == 0
-        data, rewards, reason = stage_inputs(ic_reward, 1, drop_label=label_free)
+        data, rewards, reason = stage_inputs("ic", 1, drop_label=label_free, lc=lc, ic=ic)
         ic_run = run_rl_stage(base_dir, out / ADAPTER, ic_reward, rl, llm, seed + 1, verdict_dataset=data,
                               verdict_rewards=rewards, reason_pairs=reason, reason_steps=rl.ic_steps,
                               init_adapter_dir=out / ADAPTER_LC, log_path=out / "rl_ic.jsonl")
