@@ -9,10 +9,15 @@ machine); the build config in bentofile.yaml is what it uses.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import bentoml
@@ -30,16 +35,77 @@ def _label(value: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", value)[:63]
 
 
-SERVING_ONLY_EXCLUDED = ("dagster", "dagster-webserver", "great-expectations", "torch")
+LOCK = Path("requirements/project.lock.txt")
+DVC_LOCK = Path("requirements/dvc.lock.txt")
+IMAGE_SETUP = Path("docker/bento_setup.sh")
 
 
-def runtime_packages(checkout: Path) -> list[str]:
-    """pyproject.toml's dependencies the service needs (orchestration and data-check packages left out)."""
-    import tomllib
+def locked_packages(checkout: Path) -> list[str]:
+    """Every pin of the project lock: the Bento gets the environment setup.sh installs and the tests ran with
+    (dagster and GX included, so the image can run pipeline stages as well as serve)."""
+    pin = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]*(?:\[[^\]]*\])?==[^\s#;]+(?:\s*;[^#]+)?)")
+    lines = (pin.match(line) for line in (checkout / LOCK).read_text().splitlines())
+    return [m.group(1).strip() for m in lines if m]
 
-    deps = tomllib.loads((checkout / "pyproject.toml").read_text())["project"]["dependencies"]
-    name = re.compile(r"^[A-Za-z0-9_.-]+")
-    return [d for d in deps if name.match(d).group(0).lower() not in SERVING_ONLY_EXCLUDED]
+
+def torch_requirement(cache: Path) -> tuple[str, list[str]]:
+    """The torch line of the Bento and the wheel files it needs.
+
+    Default: the wheel pip finds for the installed torch version (the CPU wheel on these machines; PyPI's
+    Linux wheel is a multi-GB CUDA build), shipped inside the Bento. EXPCTR_BENTO_TORCH=<requirement>
+    (e.g. torch==2.13.0 for PyPI's CUDA build, the GPU image) puts that requirement in instead.
+    """
+    spec = os.environ.get("EXPCTR_BENTO_TORCH", "wheel")
+    if spec != "wheel":
+        return spec, []
+    public = version("torch").split("+")[0]
+    dest = cache / "wheels" / f"torch-{public}"
+    found = sorted(dest.glob("torch-*.whl"))
+    if not found:
+        dest.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
+                        "-d", str(dest), f"torch=={public}"], check=True)
+        found = sorted(dest.glob("torch-*.whl"))
+    if len(found) != 1:
+        raise RuntimeError(f"expected one torch wheel in {dest}, found {[p.name for p in found]}")
+    return f"./wheels/{found[0].name}", [str(found[0])]
+
+
+def project_wheel(checkout: Path, dest: Path) -> Path:
+    """A wheel of this checkout's `expctr` + `orchestration` packages (for `expctr <stage>` in the image),
+    built from a copy so the checkout gets no build/ or egg-info litter."""
+    with tempfile.TemporaryDirectory(prefix="expctr-wheel-") as tmp:
+        src = Path(tmp)
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(checkout / name, src / name)
+        for name in ("src", "orchestration"):
+            shutil.copytree(checkout / name, src / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+        subprocess.run([str(Path(sys.executable).with_name("uv")), "build", "-q", "--wheel", "-o", str(dest),
+                        str(src)], check=True)
+    return next(dest.glob("expctr-*.whl"))
+
+
+def add_locked_environment(config: dict, ctx: Path, checkout: Path, cache: Path) -> None:
+    """Fill the Bento's python packages from the project lock (torch first) and give its image the project
+    wheel and DVC's lock, which docker/bento_setup.sh (bentofile's `docker.setup_script`) installs, so the
+    image also runs `expctr <stage>` and `dvc`."""
+    torch_line, wheels = torch_requirement(cache)
+    shipped = []
+    for wheel in map(Path, wheels):  # BentoML takes wheels from inside the build context only
+        (ctx / "python-wheels").mkdir(exist_ok=True)
+        try:
+            os.link(wheel, ctx / "python-wheels" / wheel.name)
+        except OSError:  # another filesystem
+            shutil.copy2(wheel, ctx / "python-wheels" / wheel.name)
+        shipped.append(f"python-wheels/{wheel.name}")
+    config["python"].update(packages=[torch_line, *locked_packages(checkout)], wheels=shipped, lock_packages=False)
+    project_wheel(checkout, ctx / "wheels")
+    (ctx / DVC_LOCK).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(checkout / DVC_LOCK, ctx / DVC_LOCK)
+    (ctx / IMAGE_SETUP).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(checkout / IMAGE_SETUP, ctx / IMAGE_SETUP)
+    config["include"] = [*config["include"], "wheels/expctr-*.whl", str(DVC_LOCK)]
 
 
 def register_model(root: Path, params) -> tuple[str, dict]:
@@ -62,11 +128,12 @@ def build_bento(root: Path, params, model_tag: str, version: str | None = None) 
         shutil.copytree(HERE.parent / "src" / "expctr", ctx / "expctr",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))  # the library of this checkout
         config = yaml.safe_load((HERE / "bentofile.yaml").read_text())
-        config["python"]["packages"] = [*config["python"]["packages"], *runtime_packages(HERE.parent)]
+        add_locked_environment(config, ctx, HERE.parent, root / params.data.cache_dir)
         (ctx / "bentofile.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        bento = bentoml.bentos.build_bentofile(str(ctx / "bentofile.yaml"), build_ctx=str(ctx),
-                                               name=params.serving.bento_name, version=version,
-                                               labels={"model": _label(model_tag)})
+        with contextlib.chdir(ctx):  # BentoML takes wheels and the setup script only from under the cwd
+            bento = bentoml.bentos.build_bentofile(str(ctx / "bentofile.yaml"), build_ctx=str(ctx),
+                                                   name=params.serving.bento_name, version=version,
+                                                   labels={"model": _label(model_tag)})
     return str(bento.tag)
 
 

@@ -13,3 +13,16 @@ fi
 chromium --version
 
 # --- container layer (marker `container`): Debian's docker.io daemon on host networking, debootstrap
+# (docker/build_base.sh builds the base image from Debian packages: no container registry is reachable.)
+# The daemon runs without a bridge or iptables rules: containers and builds use host networking only.
+if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io debootstrap >/dev/null
+fi
+if ! docker info >/dev/null 2>&1; then
+  setsid dockerd --bridge=none --iptables=false >/var/log/expctr-dockerd.log 2>&1 </dev/null &
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null 2>&1 || { tail -20 /var/log/expctr-dockerd.log >&2; echo "dockerd did not start" >&2; exit 1; }
+fi
+docker version --format 'docker daemon {{.Server.Version}}'
+bash docker/build_base.sh  # cached: rebuilt only when missing or its recipe changed

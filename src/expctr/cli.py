@@ -30,17 +30,24 @@ RootOpt = typer.Option(".", "--root", help="Project root: every stage path is re
 
 
 def _run(stage: str, root: Path, params_file: str, **kwargs) -> None:
+    from expctr import distributed
     from expctr.config import load_params
     from expctr.paths import ProjectPaths
 
     try:
         root = root.resolve()
         params = load_params(root / params_file)
+        if distributed.should_launch(params.distributed, stage):  # params `distributed`: N processes
+            argv = [stage.replace("_", "-"), "--root", str(root), "--params", params_file]
+            argv += [a for k, v in kwargs.items() for a in (f"--{k}", str(v))]
+            raise typer.Exit(distributed.relaunch(params.distributed, ["-m", "expctr.cli", *argv]))
         run: Callable = importlib.import_module(f"expctr.stages.{stage}").run
         metrics = run(params, ProjectPaths(root), **kwargs)
     except ExpCTRError as exc:
         typer.secho(f"expctr {stage.replace('_', '-')}: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
+    if not distributed.is_main_process():
+        return  # the main process prints the summary (and wrote the artifacts)
     headline = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
     typer.echo(f"{stage}: done " + json.dumps(headline, default=str))
 
@@ -59,7 +66,10 @@ def features(root: Path = RootOpt, params: str = ParamsOpt) -> None:
 
 @app.command("ctr-model")
 def ctr_model(root: Path = RootOpt, params: str = ParamsOpt) -> None:
-    """Train popularity, LR, DeepFM, DCNv2 and DIN; write models/ctr/ and metrics/ctr.json."""
+    """Train popularity, LR, DeepFM, DCNv2 and DIN; write models/ctr/ and metrics/ctr.json.
+
+    With distributed.num_processes > 1 in the params it re-runs itself under `accelerate launch` as that many
+    data-parallel processes (DDP; NCCL on GPUs, gloo on CPU); only process 0 writes."""
     _run("ctr_model", root, params)
 
 
@@ -112,3 +122,7 @@ def bento(root: Path = RootOpt, params: str = ParamsOpt,
 
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
+
+
+if __name__ == "__main__":  # `accelerate launch -m expctr.cli <stage>` (expctr.distributed)
+    main()

@@ -18,6 +18,7 @@ from expctr.data.formats import (
     read_movielens_csv,
     read_recbole_atomic,
     read_source,
+    stream_source,
 )
 from expctr.data.schema import INTERACTIONS_SCHEMA, ITEMS_SCHEMA, USERS_SCHEMA, RawTables
 from expctr.errors import DataFormatError
@@ -664,3 +665,55 @@ def test_registry_dispatch_and_unknown_format(tmp_path: Path) -> None:
         read_source("ml-100k", directory=tmp_path)
     with pytest.raises(ValueError, match="takes \\(directory, name\\)"):
         read_source("recbole_atomic", directory=tmp_path)
+
+
+# --------------------------------------------------------------------------------- reading in batches
+
+
+def write_amazon(d: Path) -> None:
+    write_jsonl(d / "reviews.json", [
+        {"reviewerID": "A1", "asin": "B1", "overall": 5.0, "unixReviewTime": 1353456000},
+        {"reviewerID": "A2", "asin": "B9", "overall": 2.0, "unixReviewTime": 1353456001},
+        {"reviewerID": "A1", "asin": "B8", "overall": 4.0, "unixReviewTime": 1353456002},
+        {"reviewerID": "A3", "asin": "B9", "overall": 1.0, "unixReviewTime": 1353456003},
+    ])
+    write_jsonl(d / "meta.json", [{"asin": "B1", "title": "One", "categories": [["Books"]]}])
+
+
+BATCHED = {  # format -> (writer, arguments of read_source given the directory)
+    "recbole_atomic": (write_recbole_ml1m, lambda d: {"directory": d, "name": "ml-1m"}),
+    "ml1m_dat": (write_ml1m, lambda d: {"directory": d}),
+    "ml100k": (write_ml100k, lambda d: {"directory": d}),
+    "movielens_csv": (write_movielens, lambda d: {"directory": d}),
+    "bookcrossing": (write_bx, lambda d: {"directory": d}),
+    "amazon": (write_amazon, lambda d: {"reviews_path": d / "reviews.json", "meta_path": d / "meta.json"}),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(BATCHED))
+def test_reading_in_one_line_batches_gives_the_same_tables(tmp_path: Path, fmt: str) -> None:
+    """Parsers read big files in blocks; with 1-byte blocks every line is its own batch."""
+    writer, args = BATCHED[fmt]
+    writer(tmp_path)
+    whole = read_source(fmt, **args(tmp_path))
+    stream = stream_source(fmt, batch_bytes=1, **args(tmp_path))
+    batches = list(stream.batches)
+    items, users = stream.finish()
+    assert sum(b.height > 0 for b in batches) == whole.interactions.height >= 3  # a header is a batch too
+    assert pl.concat(batches).equals(whole.interactions)
+    assert items.equals(whole.items) and users.equals(whole.users)
+    assert set(FORMATS) == set(BATCHED)
+
+
+@pytest.mark.parametrize("batch_bytes", [1, 40, 1 << 20])
+def test_errors_name_the_line_in_whichever_batch_it_falls(tmp_path: Path, batch_bytes: int) -> None:
+    lines = [f"{u}::1193::{1 + u % 5}::97830{u:04d}" for u in range(1, 40)]
+    lines[29] = "30::1193::five::978300030"  # line 30
+    write_ml1m(tmp_path)
+    write(tmp_path / "ratings.dat", lines)
+    with pytest.raises(DataFormatError) as exc:
+        read_source("ml1m_dat", directory=tmp_path)
+    assert_error(exc, "ratings.dat, row 30", "'five'", "expected a number")
+    with pytest.raises(DataFormatError) as exc:
+        list(stream_source("ml1m_dat", batch_bytes=batch_bytes, directory=tmp_path).batches)
+    assert_error(exc, "ratings.dat, row 30", "'five'", "expected a number")

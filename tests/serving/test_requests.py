@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import pytest
@@ -74,3 +75,23 @@ def test_error_body_names_the_field_and_lists_every_violation():
     body = exc.value.body()["error"]
     assert body["field"] == "user_id" and "(and 3 more)" in body["message"]
     assert {d["field"] for d in body["details"]} == {"user_id", "candidates.0", "candidates.1", "extra"}
+
+
+def test_content_codings_and_lone_surrogates():
+    body = json.dumps({"user_id": "u", "candidates": ["a"]}).encode()
+    assert parse_request(PredictRequest, gzip.compress(body), CT, 4096, "gzip").user_id == "u"
+    assert parse_request(PredictRequest, body, CT, 4096, "identity").user_id == "u"
+    for raw, coding, error, words in [
+        (body, "gzip", UnsupportedMediaType, "not gzip data"),
+        (gzip.compress(body)[:-4], "gzip", UnsupportedMediaType, "truncated"),
+        (gzip.compress(body) + b"x", "gzip", UnsupportedMediaType, "data after the gzip stream"),
+        (body, "deflate", UnsupportedMediaType, "'deflate' is not supported"),
+        (body, "gzip, gzip", UnsupportedMediaType, "is not supported"),
+        (gzip.compress(b" " * 10_000), "gzip", PayloadTooLarge, "decodes to more than 4096 bytes"),
+        (b'{"user_id": "\\ud800", "candidates": ["a"]}', None, InvalidEncoding, "user_id: a string holds a lone"),
+        (b'{"user_id": "u", "candidates": ["a", "\\udc00b"]}', None, InvalidEncoding, "candidates.1:"),
+    ]:
+        with pytest.raises(error, match=words):
+            parse_request(PredictRequest, raw, CT, 4096, coding)
+    # a surrogate pair is one valid character
+    assert parse(b'{"user_id": "\\ud83d\\ude00", "candidates": ["a"]}').user_id == "\U0001f600"

@@ -1,7 +1,9 @@
-"""The locked environment: the committed lock files cover what pyproject.toml asks for, and setup installs them."""
+"""The locked environment: the committed lock files cover what pyproject.toml asks for, setup installs them,
+and the Bento's packages are the same pins."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from importlib.metadata import distributions
 from pathlib import Path
@@ -106,3 +108,20 @@ def test_the_venvs_are_the_locked_ones():
     dvc_site = [str(p) for p in (REPO_ROOT / ".venv-dvc").glob("lib/python*/site-packages")]
     assert dvc_site, "no .venv-dvc: run `bash scripts/setup.sh`"
     assert drift(DVC_LOCK, dvc_site) == [], "run `bash scripts/setup.sh`"
+
+
+def load_package_module():
+    spec = importlib.util.spec_from_file_location("expctr_bento_package_lock", REPO_ROOT / "bento" / "package.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bento_packages_are_the_lock_pins(monkeypatch, tmp_path):
+    package = load_package_module()
+    locked = package.locked_packages(REPO_ROOT)
+    assert {canonicalize_name(Requirement(line).name): Version(next(iter(Requirement(line).specifier)).version)
+            for line in locked} == read_lock(PROJECT_LOCK)
+    # the GPU image: a torch requirement instead of the shipped CPU wheel
+    monkeypatch.setenv("EXPCTR_BENTO_TORCH", "torch==2.13.0")
+    assert package.torch_requirement(tmp_path) == ("torch==2.13.0", [])

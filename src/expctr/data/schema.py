@@ -1,10 +1,12 @@
 """The normalised data contract every source is parsed into (DESIGN.md §4).
 
-Parsers return a `RawTables`; everything downstream relies only on these columns and dtypes.
+Parsers return a `RawStream` (interactions in batches, so a file of any size is read in bounded memory) or,
+collected, a `RawTables`; everything downstream relies only on these columns and dtypes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import polars as pl
@@ -59,3 +61,23 @@ def conform(df: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
 
 def empty_users() -> pl.DataFrame:
     return pl.DataFrame(schema=USERS_SCHEMA)
+
+
+@dataclass
+class RawStream:
+    """A parsed source whose interactions arrive as conformed batches in file order.
+
+    Items and users are bounded by the catalogue, not by the interaction count, so they are whole frames;
+    `finish()` returns them once every batch has been read (Amazon adds the reviewed items that have no
+    metadata, which are only known then).
+    """
+
+    batches: Iterator[pl.DataFrame]
+    finish: Callable[[], tuple[pl.DataFrame, pl.DataFrame]]
+
+    def collect(self) -> RawTables:
+        """Everything in memory: for small data and tests; the stages stream instead."""
+        frames = list(self.batches)
+        inter = pl.concat(frames, rechunk=True) if frames else pl.DataFrame(schema=INTERACTIONS_SCHEMA)
+        items, users = self.finish()
+        return RawTables(inter, items, users)

@@ -1,4 +1,8 @@
-"""ctr_model stage: train and compare the ID-based CTR models on the time-based split."""
+"""ctr_model stage: train and compare the ID-based CTR models on the time-based split.
+
+Under `accelerate launch` (params `distributed`) every process trains each model data-parallel; the main
+process alone scores the test split and writes models/ctr and the metrics.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import polars as pl
 import torch
 from sklearn.metrics import roc_curve
 
+from expctr import distributed
 from expctr.config import Params
 from expctr.ctr.batch import CTRData
 from expctr.ctr.checkpoint import save_id_model
@@ -40,6 +45,25 @@ def run(params: Params, paths: ProjectPaths) -> dict:
     torch.set_num_threads(p.threads)
     frames, fmap = load_splits(paths)
     data = {s: CTRData.from_frame(frames[s]) for s in SPLITS}
+    main = distributed.is_main_process()
+    if not main:
+        del frames  # the other processes need the tensors alone: each holds its own copy in memory
+    trained: dict[str, tuple] = {}
+    for name in p.compare:  # every process: the collective part
+        if name != "popularity":
+            started = time.perf_counter()
+            model = build_model(name, fmap, p, seed=params.seed)
+            res = fit(model, data["train"], data["valid"], p, params.seed, desc=name, data_parallel=True)
+            trained[name] = (model, res, time.perf_counter() - started)
+    if not main:
+        return {}
+    return _score_and_write(params, paths, frames, data, trained)
+
+
+def _score_and_write(params: Params, paths: ProjectPaths, frames: dict[str, pl.DataFrame],
+                     data: dict[str, CTRData], trained: dict[str, tuple]) -> dict:
+    """Main process only: test metrics, checkpoints, ROC points and training curves."""
+    p = params.ctr
     test_labels = data["test"].labels.numpy()
     results: dict[str, dict] = {}
     curves: dict[str, pl.DataFrame] = {}
@@ -48,20 +72,19 @@ def run(params: Params, paths: ProjectPaths) -> dict:
         out.mkdir()
         shutil.copy(paths.features / "feature_map.json", out / "feature_map.json")
         for name in p.compare:
-            started = time.perf_counter()
             if name == "popularity":
+                started = time.perf_counter()
                 pop = Popularity().fit(frames["train"]["item_idx"].to_numpy(), frames["train"]["label"].to_numpy())
                 probs = pop.predict(frames["test"]["item_idx"].to_numpy())
                 write_json(out / "popularity.json", pop.to_dict())
                 info = {"train_seconds": round(time.perf_counter() - started, 3)}
             else:
-                model = build_model(name, fmap, p, seed=params.seed)
-                res = fit(model, data["train"], data["valid"], p, params.seed, desc=name)
-                probs = predict(model, data["test"], p.batch_size, p.device)
+                model, res, train_seconds = trained[name]
+                probs = predict(model, data["test"], p.batch_size, next(model.parameters()).device)
                 epoch_s = [r["seconds"] for r in res.curve]
                 info = {"best_epoch": res.best_epoch, "valid_auc": res.best_valid_auc, "epochs_run": len(res.curve),
                         "seconds_per_epoch": round(float(np.mean(epoch_s)), 3),
-                        "train_seconds": round(time.perf_counter() - started, 3),
+                        "train_seconds": round(train_seconds, 3),
                         "parameters": sum(t.numel() for t in model.parameters())}
                 save_id_model(out / f"{name}.pt", name, model.cpu(), params.ctr, info)
                 curves[name] = pl.DataFrame(res.curve)
