@@ -164,7 +164,8 @@ class ServingParams(_Strict):
     threads: int = Field(default=2, ge=1)
 
 
-DISTRIBUTED_STAGES = ("ctr_model",)  # stages whose trainer runs data-parallel; the RL stages join here
+DISTRIBUTED_STAGES = ("ctr_model", "explainer_rl")  # data-parallel trainers; explainer_rl = the RL stages of
+# every round (the round stays one process and runs each RL stage under `accelerate launch`)
 
 
 class DistributedParams(_Strict):

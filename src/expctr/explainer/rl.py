@@ -300,13 +300,19 @@ def grpo_config(rl: RLParams, llm: LLMParams, steps: int, seed: int, output_dir:
     """
     from trl import GRPOConfig
 
+    from expctr.distributed import world_size
+
     batch = rl.prompts_per_step * rl.num_generations
     micro = micro_batch_size(rl, llm, micro_batch)
+    world = world_size()  # under `accelerate launch`: the same global batch, split over the processes
+    if batch % (micro * world):
+        raise ExpCTRError(f"{batch} completions per step do not split into {world} processes x micro batches "
+                          f"of {micro}: choose prompts_per_step * num_generations divisible by {micro * world}")
     kwargs: dict[str, Any] = {
         "output_dir": str(output_dir),
         "max_steps": int(steps),
         "per_device_train_batch_size": micro,
-        "gradient_accumulation_steps": batch // micro,
+        "gradient_accumulation_steps": batch // (micro * world),
         "generation_batch_size": batch,
         "num_generations": rl.num_generations,
         "max_completion_length": rl.max_completion_length,
@@ -493,7 +499,8 @@ def run_rl_stage(
     log_path: str | Path | None = None,
     micro_batch: int | None = None,
 ) -> dict[str, Any]:
-    """One RL stage (LC or IC) on the explainer adapter, saved to `out_adapter_dir`:
+    """One RL stage (LC or IC) on the explainer adapter, saved to `out_adapter_dir` (by process 0 only when
+    several processes run it: `expctr.explainer.rl_launch`):
 
     1. verdict step (`expctr.explainer.verdict.train_verdicts`): one pass over `verdict_dataset` (prompts opened
        with EXPLANATION_PREFIX) with the exact rewards `verdict_rewards = (r+, r-)` of its two verdicts;
@@ -538,8 +545,12 @@ def run_rl_stage(
         policy, grpo_logs, grpo_summary = train_policy(policy, tokenizer, dataset, [reward], None, rl, llm,
                                                        reason_steps, seed, micro_batch=micro_batch)
         summary["reason"] = {**grpo_summary, "positive_verdicts": float(np.mean(positive))}
-    save_adapter(policy, out_adapter_dir)
     summary["seconds"] = round(time.perf_counter() - started, 3)
+    from expctr.distributed import is_main_process
+
+    if not is_main_process():  # under `accelerate launch`: process 0 writes the adapter and the log
+        return {"summary": summary, "verdict_steps": verdict_logs, "steps": grpo_logs}
+    save_adapter(policy, out_adapter_dir)
     if log_path is not None:
         rows = [{"phase": "verdict", **r} for r in verdict_logs] + [{"phase": "reason", **r} for r in grpo_logs]
         with atomic_path(log_path) as tmp:

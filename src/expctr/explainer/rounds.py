@@ -34,8 +34,10 @@ from expctr.ctr.batch import CTRData
 from expctr.ctr.checkpoint import load_id_model
 from expctr.ctr.text_augmented import ic_probability, save_text_ctr, train_text_ctr, with_text
 from expctr.data.features import SPLITS, FeatureMap
+from expctr.distributed import should_launch
 from expctr.errors import ExpCTRError
 from expctr.evaluation.metrics import auc_with_ci, paired_auc_difference, verdict_confusion
+from expctr.explainer import rl_launch
 from expctr.explainer.rewards import (
     FormatReward,
     ICAgreementReward,
@@ -127,6 +129,40 @@ def verdict_rewards(reward, judge: JudgeScorer, dataset) -> tuple[list[float], l
     return list(values[0::2]), list(values[1::2])
 
 
+def make_lc(params: Params, tokenizer, judge_model) -> tuple[JudgeScorer, LCReward]:
+    """The frozen judge (grouped, memoised) and the LC reward it scores."""
+    judge = JudgeScorer(judge_model, tokenizer, batch_size=params.llm.judge_batch_size)
+    return judge, LCReward(judge, kind=params.reward.kind, name="lc")
+
+
+def make_ic(params: Params, lc: LCReward, id_model, aug=None, encoder=None):
+    """The IC reward of `reward.ic_form`: agreement of the judge with the ID model, or ExpCTR-Aug's P(label)."""
+    if params.reward.ic_form == "agree":
+        return ICAgreementReward(lc, id_model=id_model, kind=params.reward.kind, name="ic")
+    if aug is None:
+        raise ExpCTRError("reward.ic_form 'aug' needs the round's ExpCTR-Aug model")
+    return ICReward(aug, encoder, kind=params.reward.kind, id_model=id_model,
+                    consistency_weight=params.reward.consistency_weight, name="ic")
+
+
+def build_stage_reward(stage: str, params: Params, paths: ProjectPaths, aug_path: Path | None = None):
+    """A stage's reward rebuilt from the params alone (for the processes `rl_launch` starts)."""
+    from expctr.ctr.text_augmented import load_text_ctr
+
+    tokenizer = load_tokenizer(paths.base_llm)
+    _, lc = make_lc(params, tokenizer, load_model(paths.base_llm, dtype=params.llm.dtype, device=params.llm.device))
+    if stage == "lc":
+        return stage_reward("lc", params.reward, lc=lc, fmt=FormatReward())
+    fmap = FeatureMap.load(paths.ctr_models / "feature_map.json")
+    id_model = load_id_model(paths.ctr_models / f"{params.ctr.model}.pt", fmap)
+    aug = encoder = None
+    if params.reward.ic_form == "aug":
+        aug = load_text_ctr(aug_path, fmap).eval()
+        encoder = load_encoder(paths.resolve(params.data.cache_dir), device=params.llm.device)
+    return stage_reward("ic", params.reward, lc=lc, ic=make_ic(params, lc, id_model, aug, encoder),
+                        fmt=FormatReward())
+
+
 def _auc(labels: np.ndarray, scores: np.ndarray, params: Params, is_probability: bool = True) -> dict[str, Any]:
     return auc_with_ci(labels, scores, seed=params.seed, n_boot=params.evaluation.bootstrap,
                        is_probability=is_probability)
@@ -211,8 +247,7 @@ def run_round(params: Params, paths: ProjectPaths, k: int) -> dict[str, Any]:
     test = pairs["test"].head(round_test_pairs(params, k))
     tokenizer = load_tokenizer(base_dir)
     judge_model = load_model(base_dir, dtype=llm.dtype, device=llm.device)
-    judge = JudgeScorer(judge_model, tokenizer, batch_size=llm.judge_batch_size)
-    lc = LCReward(judge, kind=params.reward.kind, name="lc")
+    judge, lc = make_lc(params, tokenizer, judge_model)
     timings: dict[str, float] = {}
 
     if k == 0:
@@ -247,15 +282,27 @@ def run_round(params: Params, paths: ProjectPaths, k: int) -> dict[str, Any]:
         verdict_reward = stage_reward(stage, params.reward.model_copy(update={"format_weight": 0.0}), **parts)
         return data, (verdict_rewards(verdict_reward, judge, data) if data is not None else None), reason
 
+    def rl_stage(stage: str, reward, out_dir: Path, stage_seed: int, inputs, steps: int, init: Path | None,
+                 aug_path: Path | None = None) -> dict[str, Any]:
+        """The stage in this process, or as N processes under `accelerate launch` (`rl_launch`)."""
+        data, rewards, reason = inputs
+        log = out_dir.parent / f"rl_{stage}.jsonl"
+        if should_launch(params.distributed, "explainer_rl"):
+            return rl_launch.launch(params, paths, stage=stage, seed=stage_seed, out_adapter_dir=out_dir,
+                                    init_adapter_dir=init, log_path=log, verdict_dataset=data,
+                                    verdict_rewards=rewards, reason_pairs=reason, reason_steps=steps,
+                                    aug_path=aug_path)
+        return run_rl_stage(base_dir, out_dir, reward, rl, llm, stage_seed, verdict_dataset=data,
+                            verdict_rewards=rewards, reason_pairs=reason, reason_steps=steps,
+                            init_adapter_dir=init, log_path=log)
+
     with atomic_path(paths.round_dir(k)) as out:
         out.mkdir()
         # 1. LC stage
         t0 = time.perf_counter()
         lc_reward = stage_reward("lc", params.reward, lc=lc, fmt=fmt)
-        data, rewards, reason = stage_inputs("lc", 0, lc=lc)
-        lc_run = run_rl_stage(base_dir, out / ADAPTER_LC, lc_reward, rl, llm, seed, verdict_dataset=data,
-                              verdict_rewards=rewards, reason_pairs=reason, reason_steps=rl.lc_steps,
-                              init_adapter_dir=init_adapter, log_path=out / "rl_lc.jsonl")
+        lc_run = rl_stage("lc", lc_reward, out / ADAPTER_LC, seed, stage_inputs("lc", 0, lc=lc), rl.lc_steps,
+                          init_adapter)
         timings["lc_stage_s"] = time.perf_counter() - t0
 
         # 2. explanations of the LC-stage explainer for ExpCTR-Aug's train / valid pairs
@@ -281,17 +328,12 @@ def run_round(params: Params, paths: ProjectPaths, k: int) -> dict[str, Any]:
 
         # 4. IC stage (text-CTR frozen)
         t0 = time.perf_counter()
-        if params.reward.ic_form == "agree":
-            ic = ICAgreementReward(lc, id_model=id_model, kind=params.reward.kind, name="ic")
-        else:
-            ic = ICReward(aug, encoder, kind=params.reward.kind, id_model=id_model,
-                          consistency_weight=params.reward.consistency_weight, name="ic")
+        ic = make_ic(params, lc, id_model, aug, encoder)
         ic_reward = stage_reward("ic", params.reward, lc=lc, ic=ic, fmt=fmt)
         label_free = params.reward.ic_form == "agree" and params.reward.ic_lc_weight == 0
-        data, rewards, reason = stage_inputs("ic", 1, drop_label=label_free, lc=lc, ic=ic)
-        ic_run = run_rl_stage(base_dir, out / ADAPTER, ic_reward, rl, llm, seed + 1, verdict_dataset=data,
-                              verdict_rewards=rewards, reason_pairs=reason, reason_steps=rl.ic_steps,
-                              init_adapter_dir=out / ADAPTER_LC, log_path=out / "rl_ic.jsonl")
+        ic_run = rl_stage("ic", ic_reward, out / ADAPTER, seed + 1,
+                          stage_inputs("ic", 1, drop_label=label_free, lc=lc, ic=ic), rl.ic_steps, out / ADAPTER_LC,
+                          aug_path=out / "text_ctr.pt")
         timings["ic_stage_s"] = time.perf_counter() - t0
 
         # 5. evaluation of the round's final explainer on the test pairs

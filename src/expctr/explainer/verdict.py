@@ -21,7 +21,7 @@ rewards; the logged curve is E[r] under the current policy. The reason that foll
 GRPO (TRL), with the verdict fixed per group.
 
 A plain loop over an `accelerate.Accelerator` (TRL has no objective over a first token taken in closed form),
-so the same code runs on one CPU process, N processes (DDP) or a GPU.
+so the same code runs on one CPU process, N processes (DDP, `expctr.explainer.rl_launch`) or a GPU.
 """
 
 from __future__ import annotations
@@ -116,50 +116,53 @@ def train_verdicts(model, tokenizer, prompt_ids: Sequence[Sequence[int]], r_pos:
                    seed: int, accelerator=None, desc: str = "verdict") -> list[dict[str, Any]]:
     """One pass over the prompts (shuffled by `seed`) in batches: CE(pi*, pi) with pi* the tilted target.
 
-    `model` is a peft model whose LoRA tensors are the only trainable parameters. Returns one log row per
-    optimizer step: `step`, `reward` (the batch's mean expected reward before the update), `reward_gap`
-    (mean |r+ - r-|), `p_positive` (mean pi), `agree` (share of prompts whose more likely verdict is the
-    better one), `seconds`.
+    `model` is a peft model whose LoRA tensors are the only trainable parameters. Under `accelerate launch` (N
+    processes, DDP) every process cuts the same global batches in the same order and takes its near-equal part
+    of each (`expctr.distributed`); its loss is scaled so DDP's average of the parts' gradients is the batch's
+    mean-loss gradient, so N processes take the single process's steps up to float summation order. Returns one
+    log row per optimizer step (the whole batch's figures, gathered on every process): `step`, `reward` (the
+    batch's mean exact expected reward before the update), `reward_gap` (mean |r+ - r-|), `p_positive` (mean
+    pi), `agree` (share of prompts whose more likely verdict is the better one), `seconds`.
     """
     import torch
-    from accelerate import Accelerator
+
+    from expctr.distributed import accelerator as make_accelerator
 
     if len(prompt_ids) != len(r_pos) or len(prompt_ids) != len(r_neg):
         raise ValueError(f"{len(prompt_ids)} prompts for {len(r_pos)} / {len(r_neg)} verdict rewards")
-    accelerator = accelerator or Accelerator(cpu=model.device.type == "cpu")
+    accelerator = accelerator or make_accelerator(model.device.type)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
     model, optimizer = accelerator.prepare(model, optimizer)
     tokens = verdict_token_ids(tokenizer)
     order = np.random.default_rng(seed).permutation(len(prompt_ids))
-    # each process takes every N-th batch: N processes see N disjoint batches per optimizer step (DDP averages
-    # their gradients); every process takes the same number of steps (a trailing partial round is dropped when
-    # N > 1), or DDP would wait forever for the missing one
-    batches = [order[b:b + batch_size] for b in range(0, len(order), batch_size)]
-    n_proc = accelerator.num_processes
-    mine = batches[accelerator.process_index:(len(batches) // n_proc) * n_proc:n_proc]
+    rank, world = accelerator.process_index, accelerator.num_processes
     model.train()
     logs: list[dict[str, Any]] = []
-    for step, idx in enumerate(tqdm(mine, desc=desc, unit="step", disable=not accelerator.is_main_process), 1):
+    starts = range(0, len(order), batch_size)
+    for step, start in enumerate(tqdm(starts, desc=desc, unit="step", disable=not accelerator.is_main_process), 1):
         t0 = time.perf_counter()
+        batch = order[start:start + batch_size]
+        idx = np.array_split(batch, world)[rank]
+        if len(idx) == 0:
+            raise ValueError(f"a batch of {len(batch)} prompts cannot feed {world} processes: raise the batch size")
         ids, mask = _pad(tokenizer, [prompt_ids[i] for i in idx], accelerator.device)
         rp = torch.tensor([r_pos[i] for i in idx], dtype=torch.float32, device=accelerator.device)
         rn = torch.tensor([r_neg[i] for i in idx], dtype=torch.float32, device=accelerator.device)
         z = verdict_logit(model, ids, mask, tokens)
-        reward = expected_reward(z.detach(), rp, rn)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(z, verdict_target(rp, rn, temperature))
+        ce = torch.nn.functional.binary_cross_entropy_with_logits(z, verdict_target(rp, rn, temperature),
+                                                                  reduction="sum")
+        loss = ce * world / len(batch)  # DDP averages over processes: the mean over the whole batch
         optimizer.zero_grad()
         accelerator.backward(loss)
         optimizer.step()
-        pi = torch.sigmoid(z).detach()
-        logs.append({
-            "step": step,
-            "reward": float(reward.mean().detach()),
-            "reward_gap": float((rp - rn).abs().mean()),
-            "p_positive": float(pi.mean()),
-            "agree": float(((pi > 0.5) == (rp > rn)).float().mean()),
-            "seconds": round(time.perf_counter() - t0, 3),
-        })
+        pi = torch.sigmoid(z.detach())
+        part = torch.stack([expected_reward(z.detach(), rp, rn).sum(), (rp - rn).abs().sum(), pi.sum(),
+                            ((pi > 0.5) == (rp > rn)).float().sum()])
+        total = accelerator.reduce(part, reduction="sum") if world > 1 else part
+        reward, gap, p_pos, agree = (float(v) / len(batch) for v in total)
+        logs.append({"step": step, "reward": reward, "reward_gap": gap, "p_positive": p_pos, "agree": agree,
+                     "seconds": round(time.perf_counter() - t0, 3)})
     return logs
 
 
