@@ -61,6 +61,8 @@ ROUND_COLUMNS: list[tuple[str, str, str]] = [  # key, header, format
     ("agree_label", "verdict = click", "3f"),
     ("agree_id", "verdict = ID model", "3f"),
     ("faithfulness", "faithful", "3f"),
+    ("grounded", "grounded", "3f"),
+    ("outside_title_share", "quotes a title outside", "3f"),
     ("share_one_sentence", "one sentence", "3f"),
     ("top_explanation_share", "most common text", "3f"),
     ("distinct_2", "distinct-2", "3f"),
@@ -218,7 +220,7 @@ def markdown_summary(ev: Evaluation) -> str:
     ]
     cols = [(key, head, spec) for key, head, spec in ROUND_COLUMNS
             if key in ("round", "test_pairs", "llm_auc", "aug_minus_id", "positive_share", "agree_label",
-                       "agree_id", "faithfulness", "share_one_sentence", "seconds")]
+                       "agree_id", "faithfulness", "grounded", "share_one_sentence", "seconds")]
     out += [
         "**Per round** (each on its own test pairs):",
         "",
@@ -382,6 +384,9 @@ two or more words with at least one uncommon word (and at least {MIN_STRONG_CHAR
 they are quoted, followed by their year or written with a capital; single-word or all-common-word titles count
 only when quoted or followed by their year; genre names and one-letter titles never count. Invented titles that
 are not in the catalogue cannot be recognised here.</li>
+<li><b>grounded</b>: share whose reason names an item of the user's history or a genre the target shares with
+the liked or disliked items (<code>expctr.evaluation.grounding</code>); <b>quotes a title outside</b>: share
+quoting a span that is neither a history item nor the target (invented titles, prompt text quoted as a title).</li>
 <li><b>positive verdicts</b>: share of explanations whose verdict is "will enjoy"; <b>verdict = click</b> /
 <b>verdict = ID model</b>: share of pairs whose verdict equals the click / the ID model's P(click) &ge; 0.5 (no
 verdict counts as "not").</li>

@@ -26,7 +26,8 @@ import polars as pl
 from expctr.config import Params
 from expctr.errors import ExpCTRError
 from expctr.evaluation import figures
-from expctr.evaluation.faithfulness import TitleIndex, unseen_mentions
+from expctr.evaluation.faithfulness import TitleIndex, quoted_outside, unseen_mentions
+from expctr.evaluation.grounding import grounded_rate
 from expctr.evaluation.metrics import Predictor, clean_number, distinct_n, mean_words, predictor_rows
 from expctr.evaluation.report import Evaluation, html_report, markdown_summary
 from expctr.io import atomic_path, write_json
@@ -39,7 +40,8 @@ STAGE_METRICS = {"raw_data": "raw_data.json", "features": "features.json", "ctr_
 CSV_COLUMNS = [
     "round", "test_pairs", "llm_auc", "llm_auc_ci_low", "llm_auc_ci_high", "verdict_logit_auc", "aug_auc",
     "aug_minus_id", "aug_minus_id_ci_low", "aug_minus_id_ci_high", "id_auc", "positive_share",
-    "agree_label", "agree_id", "faithfulness", "share_one_sentence", "distinct_2", "mean_words", "seconds",
+    "agree_label", "agree_id", "faithfulness", "grounded", "outside_title_share", "share_one_sentence", "distinct_2",
+    "mean_words", "seconds",
 ]
 TARGETS = {"llm_auc_goal": 0.76, "positive_share_points": 0.10, "agree_id": 0.80, "aug_gain": 0.01,
            "wall_minutes": 60.0}
@@ -119,8 +121,9 @@ def round_row(rd: dict[str, Any], pairs: pl.DataFrame, index: TitleIndex) -> dic
     k, test, m = rd["k"], rd["test"], rd["metrics"]
     head = pairs.head(test.height)
     texts = [str(t or "") for t in test["explanation"].to_list()]
-    unseen = [unseen_mentions(index, t, h, g)
-              for t, h, g in zip(texts, head["history"].to_list(), head["target"].to_list())]
+    histories, targets_ = head["history"].to_list(), head["target"].to_list()
+    unseen = [unseen_mentions(index, t, h, g) for t, h, g in zip(texts, histories, targets_)]
+    outside = [bool(quoted_outside(t, h, g)) for t, h, g in zip(texts, histories, targets_)]
     n = max(1, len(texts))
     top_text, top_n = min(Counter(texts).items(), key=lambda kv: (-kv[1], kv[0])) if texts else ("", 0)
     verdicts = m.get("verdicts") or {}
@@ -145,6 +148,8 @@ def round_row(rd: dict[str, Any], pairs: pl.DataFrame, index: TitleIndex) -> dic
         "confusion_label": verdicts.get("vs_label"),
         "confusion_id": verdicts.get("vs_id_model"),
         "faithfulness": 1 - sum(bool(u) for u in unseen) / n if texts else math.nan,
+        "grounded": grounded_rate(texts, histories, targets_) if texts else math.nan,
+        "outside_title_share": sum(outside) / n if texts else math.nan,
         "share_one_sentence": (m.get("explanations") or {}).get("share_one_sentence"),
         "top_explanation_share": top_n / n if texts else math.nan,
         "top_explanation": top_text,
@@ -356,6 +361,7 @@ def make_figures(ev: Evaluation, labels: np.ndarray, predictors: list[Predictor]
                  "verdict = click": [r["agree_label"] for r in rr],
                  "verdict = ID model": [r["agree_id"] for r in rr],
                  "faithful": [r["faithfulness"] for r in rr],
+                 "grounded": [r["grounded"] for r in rr],
                  "one sentence": [r["share_one_sentence"] for r in rr]},
             "Verdicts and explanations per round (each round's test pairs)", "share",
             {"click rate": rr[-1].get("test_click_rate"), "ID model positive rate": rr[-1].get("id_positive_rate")},
