@@ -1,5 +1,7 @@
-"""Benchmark: explanation throughput of ExpCTR's generation path vs plain `model.generate` at batch 1,
-one GRPO step's time, and peak memory, on the real embedded SmolLM2-135M-Instruct and real ML-1M pairs.
+"""Benchmark: explanation throughput of ExpCTR's generation path vs plain `model.generate` at batch 1, one GRPO
+step's time and where it goes (sampling, judge, policy forward/backward), the dense verdict step's cost per prompt
+(LoRA on every layer vs the top 10), the judge with and without a shared context, and peak memory, on the real
+embedded SmolLM2-135M-Instruct and real ML-1M pairs.
 
 Usage:  .venv/bin/python bench/llm_bench.py [--prompts 32] [--batch-sizes 8 16 32] [--threads 2] [--rl-steps 2]
 Needs the pipeline's `models/base_llm` and `data/llm_pairs` (`dvc repro llm_pairs`). Each phase runs in its own
@@ -151,6 +153,88 @@ def phase_rl(args) -> dict:
             "max_completion_length": params.rl.max_completion_length, "peak_rss_gib": peak_rss_gib()}
 
 
+def phase_grpo_parts(args) -> dict:
+    """Where one GRPO step's time goes (issue 8): sampling the step's completions, the judge reading them (the LC
+    reward), and the policy's forward + backward over prompt + completion (LoRA), each timed on its own with the
+    step's shapes (prompts_per_step x num_generations completions of <= max_completion_length tokens)."""
+    import torch
+
+    from expctr.explainer.rewards import JudgeScorer, LCReward
+    from expctr.explainer.rl import attach_adapter
+    from expctr.llm.base_model import load_model
+    from expctr.llm.generation import generate
+
+    params, model, tok, ds, _ = load(args.threads, 8)
+    rl = params.rl
+    rows = [ds[i] for i in range(rl.prompts_per_step)]
+    prompts = [r["prompt"] for r in rows for _ in range(rl.num_generations)]
+    out: dict = {"path": "GRPO step, timed by part", "completions": len(prompts)}
+    t0 = time.perf_counter()
+    res = generate(model, tok, prompts, max_new_tokens=rl.max_completion_length, batch_size=len(prompts),
+                   do_sample=True, temperature=rl.temperature, seed=0, stop_at_sentence=False, progress=False)
+    out["generation_s"] = round(time.perf_counter() - t0, 2)
+    judge = LCReward(JudgeScorer(load_model(ROOT / "models" / "base_llm"), tok,
+                                 batch_size=params.llm.judge_batch_size), kind=params.reward.kind)
+    t0 = time.perf_counter()
+    judge.p_yes(res.raw_texts, [r["history"] for r in rows for _ in range(rl.num_generations)],
+                [r["target"] for r in rows for _ in range(rl.num_generations)],
+                [r["explanation_prefix"] for r in rows for _ in range(rl.num_generations)])
+    out["judge_s"] = round(time.perf_counter() - t0, 2)
+    policy = attach_adapter(model, rl)
+    policy.train()
+    seqs = [tok(p + c)["input_ids"] for p, c in zip(prompts, res.raw_texts)]
+    t0 = time.perf_counter()
+    for b in range(0, len(seqs), 2):  # micro batches of 2, as the CPU profile does
+        batch = tok.pad({"input_ids": seqs[b:b + 2]}, return_tensors="pt", padding=True)
+        logits = policy(**batch, use_cache=False).logits[:, -rl.max_completion_length - 1:-1]
+        torch.log_softmax(logits.float(), -1).mean().backward()
+    out["policy_forward_backward_s"] = round(time.perf_counter() - t0, 2)
+    out["peak_rss_gib"] = peak_rss_gib()
+    return out
+
+
+def phase_verdict(args, layers_from) -> dict:
+    """The dense verdict step's cost per prompt (one forward + backward, LoRA from `layers_from`, None = all)."""
+    from expctr.explainer.rl import attach_adapter, prompt_token_ids
+    from expctr.explainer.verdict import train_verdicts
+
+    params, model, tok, ds, _ = load(args.threads, args.prompts)
+    rl = params.rl.model_copy(update={"lora_layers_from": layers_from})
+    policy = attach_adapter(model, rl)
+    ids = prompt_token_ids(ds, tok)
+    t0 = time.perf_counter()
+    train_verdicts(policy, tok, ids, [0.6] * len(ids), [0.4] * len(ids), learning_rate=rl.verdict_lr,
+                   batch_size=rl.verdict_batch_size, temperature=rl.verdict_temperature, seed=0)
+    secs = time.perf_counter() - t0
+    return {"path": f"dense verdict step, LoRA on {'every layer' if layers_from is None else f'layers >= {layers_from}'}",
+            "prompts": len(ids), "mean_prompt_tokens": round(sum(map(len, ids)) / len(ids), 1),
+            "seconds_per_prompt": round(secs / len(ids), 3), "peak_rss_gib": peak_rss_gib()}
+
+
+def phase_judge(args, grouped: bool) -> dict:
+    """The frozen judge reading both bare verdicts of each pair (what llm_pairs computes for the RL pool): every
+    prompt on its own, or the pair's shared context once (`judge_p_yes_grouped`)."""
+    import polars as pl
+
+    from expctr.llm.judge import judge_p_yes, judge_p_yes_grouped
+    from expctr.llm.prompts import fitted_explainer_history, judge_messages, verdict_sentence
+
+    params, model, tok, _, _ = load(args.threads, 1)
+    pairs = pl.read_parquet(ROOT / "data" / "llm_pairs" / "train.parquet").head(args.prompts)
+    groups = []
+    for r in pairs.select("history", "target").iter_rows(named=True):
+        h = fitted_explainer_history(tok, r["history"], r["target"], params.llm.max_prompt_tokens)
+        groups.append([judge_messages(h, r["target"], verdict_sentence(v, r["target"])) for v in (True, False)])
+    t0 = time.perf_counter()
+    if grouped:
+        judge_p_yes_grouped(model, tok, groups, batch_size=params.llm.judge_batch_size)
+    else:
+        judge_p_yes(model, tok, [m for g in groups for m in g], batch_size=params.llm.judge_batch_size)
+    secs = time.perf_counter() - t0
+    return {"path": f"judge, both verdicts of each pair, {'shared context once' if grouped else 'each prompt alone'}",
+            "pairs": len(groups), "seconds_per_pair": round(secs / len(groups), 3), "peak_rss_gib": peak_rss_gib()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=32)
@@ -163,7 +247,9 @@ def main() -> None:
     if args.phase:
         fn = {"plain": lambda: phase_plain(args), "ours": lambda: phase_ours(args, args.batch),
               "plain_user": lambda: phase_user(args, shared=False), "shared": lambda: phase_user(args, shared=True),
-              "rl": lambda: phase_rl(args)}[args.phase]
+              "rl": lambda: phase_rl(args), "grpo_parts": lambda: phase_grpo_parts(args),
+              "verdict_all": lambda: phase_verdict(args, None), "verdict_top10": lambda: phase_verdict(args, 20),
+              "judge_plain": lambda: phase_judge(args, False), "judge_grouped": lambda: phase_judge(args, True)}[args.phase]
         print(json.dumps(fn()))
         return
     for need in ("models/base_llm", "data/llm_pairs/test.parquet"):
@@ -171,7 +257,9 @@ def main() -> None:
             sys.exit(f"{ROOT / need} not found: run `dvc repro llm_pairs` first")
     common = ["--prompts", str(args.prompts), "--threads", str(args.threads), "--rl-steps", str(args.rl_steps)]
     phases = [["--phase", "plain"], *[["--phase", "ours", "--batch", str(b)] for b in args.batch_sizes],
-              ["--phase", "plain_user"], ["--phase", "shared"], ["--phase", "rl"]]
+              ["--phase", "plain_user"], ["--phase", "shared"], ["--phase", "rl"], ["--phase", "grpo_parts"],
+              ["--phase", "verdict_all"], ["--phase", "verdict_top10"], ["--phase", "judge_plain"],
+              ["--phase", "judge_grouped"]]
     runs = []
     for extra in phases:
         out = subprocess.run([sys.executable, __file__, *common, *extra], capture_output=True, text=True,
@@ -180,9 +268,11 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         runs.append(row)
     plain = runs[0]["explanations_per_s"]
-    for row in runs[1:-3]:
+    n_ours = len(args.batch_sizes)
+    for row in runs[1:1 + n_ours]:
         row["speedup_explanations_per_s"] = round(row["explanations_per_s"] / plain, 2)
-    runs[-2]["speedup_explanations_per_s"] = round(runs[-2]["explanations_per_s"] / runs[-3]["explanations_per_s"], 2)
+    plain_user, shared = runs[1 + n_ours], runs[2 + n_ours]
+    shared["speedup_explanations_per_s"] = round(shared["explanations_per_s"] / plain_user["explanations_per_s"], 2)
     report = {"prompts": args.prompts, "threads": args.threads, "cpu_count": os.cpu_count(), "runs": runs}
     (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
     (ROOT / "bench" / "results" / "llm.json").write_text(json.dumps(report, indent=2) + "\n")
