@@ -23,6 +23,7 @@ class DataParams(_Strict):
     cache_dir: str = ".cache/expctr"
     max_users: int | None = Field(default=None, gt=0)
     rating_range: tuple[float, float] = (1.0, 5.0)
+    chunk_rows: int = Field(default=2_000_000, gt=0)  # streamed batch / user partition size; not in outputs
 
 
 class FeatureParams(_Strict):

