@@ -6,9 +6,14 @@ Needs a packaged Bento (`dvc repro bento`). Starts `bentoml serve TARGET` on a f
 
 - ctr:       POST /predict, a random known user and 100 random candidates, explain=false (also at
              concurrency 1, 200 requests: the latency of one request on an idle server)
-- explained: POST /predict, 10 candidates, explain=true, drawn from a pool of --explain-pool distinct
-             requests: the first time each is asked it is generated (cold, reported separately); repeats
-             hit the explanation cache (warm), which is how a ranking page re-asks for the same slate.
+- explained: POST /predict, 10 candidates, explain=true: three fresh slates one at a time (cold c=1: the
+             latency of one uncached explained request), then a pool of --explain-pool distinct slates
+             sent at once (cold: concurrent cold requests share generation batches), then repeats drawn
+             from that pool (warm: the explanation cache), which is how a ranking page re-asks for the
+             same slate.
+- identical: one fresh slate sent by --concurrency clients at once: identical requests in flight are
+             coalesced, so the explainer writes it once (the server's `expctr_explainer` counts before and
+             after are recorded).
 
 Each scenario stops issuing requests after --max-seconds. Results: bench/results/serve.json.
 """
@@ -92,6 +97,15 @@ async def run(url: str, bodies: list[dict], concurrency: int, max_seconds: float
             "mean_ms": round(float(ms.mean()), 1) if len(ms) else None}
 
 
+def explainer_counts(url: str) -> dict[str, float]:
+    """The service's `expctr_explainer` gauge: explanations by how they were obtained, batches."""
+    out = {}
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("expctr_explainer{"):
+            out[line.split('count="', 1)[1].split('"', 1)[0]] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--target", default="expctr:latest", help="Bento tag, or service.py:ExpCTR with --working-dir")
@@ -119,6 +133,7 @@ def main() -> None:
     warm = [rng.choice(pool) for _ in range(args.requests)]
     fresh = [{"user_id": rng.choice(users), "candidates": rng.sample(items, args.explain_candidates), "explain": True}
              for _ in range(3)]  # one at a time: the latency of a single uncached explained request
+    same = {"user_id": rng.choice(users), "candidates": rng.sample(items, args.explain_candidates), "explain": True}
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -139,6 +154,13 @@ def main() -> None:
         print("cold     ", res["explained_cold"])
         res["explained_warm"] = asyncio.run(run(url, warm, args.concurrency, args.max_seconds))
         print("warm     ", res["explained_warm"])
+        before = explainer_counts(url)
+        res["explained_identical"] = asyncio.run(run(url, [same] * args.concurrency, args.concurrency,
+                                                     args.max_seconds))
+        after = explainer_counts(url)
+        res["explained_identical"]["explainer"] = {k: after.get(k, 0) - before.get(k, 0)
+                                                   for k in ("generated", "coalesced", "cache", "batches")}
+        print("identical", res["explained_identical"])
         res["settings"] = {"candidates": args.candidates, "explain_candidates": args.explain_candidates,
                            "explain_pool": args.explain_pool, "max_seconds": args.max_seconds}
     finally:

@@ -6,7 +6,9 @@ ID scoring of concurrent /predict calls is merged into one forward pass by Bento
 CORK dispatcher, run in-process: routing it through a batchable API costs an HTTP hop to the service itself,
 which measured p50 51 ms and 9% connection-reset 500s at 230 requests/s on 2 cores). Malformed requests never
 reach the endpoints: `RequestGuard` (an ASGI middleware) answers them with a typed 4xx body {"error": {"code", "message", "field"}}; domain
-errors (unknown ids, limits, duplicates) get the same body from the endpoints.
+errors (unknown ids, limits, duplicates) get the same body from the endpoints. Explained requests share the
+explainer through `ModelPair.batcher`: identical explanations in flight are coalesced, concurrent cold ones
+batched together; its counts are the `expctr_explainer` gauge on /metrics.
 
 The packaged model is `expctr_pair:latest` in the BentoML model store (override: EXPCTR_MODEL_TAG).
 """
@@ -26,7 +28,7 @@ from bentoml.models import BentoModel
 from expctr.config import ServingParams
 from expctr.serving.errors import RequestError
 from expctr.serving.predictor import ModelPair
-from expctr.serving.requests import check_size, parse_request, validate
+from expctr.serving.requests import check_size, decode_content, parse_request, validate
 from expctr.serving.schemas import ExplainRequest, HistoryEntry, PredictRequest
 
 MODEL_TAG = os.environ.get("EXPCTR_MODEL_TAG", "expctr_pair:latest")
@@ -53,7 +55,8 @@ async def _send_json(send, status: int, body: dict[str, Any]) -> None:
 
 
 class RequestGuard:
-    """Size, media type, UTF-8, JSON and schema checks for the JSON routes, before BentoML parses anything."""
+    """Size, content coding, media type, UTF-8, JSON and schema checks for the JSON routes, before BentoML
+    parses anything (`expctr.serving.requests.parse_request`). A gzip body is handed on decoded."""
 
     def __init__(self, app, max_body_bytes: int = LIMITS.max_body_bytes):
         self.app, self.max_body_bytes = app, max_body_bytes
@@ -76,9 +79,15 @@ class RequestGuard:
                 check_size(len(body), self.max_body_bytes)
                 if not message.get("more_body", False):
                     break
-            parse_request(model, bytes(body), headers.get("content-type"), self.max_body_bytes)
+            encoding = headers.get("content-encoding")
+            body = decode_content(bytes(body), encoding, self.max_body_bytes)
+            parse_request(model, body, headers.get("content-type"), self.max_body_bytes)
         except RequestError as exc:
             return await _send_json(send, exc.status, exc.body())
+        if encoding is not None:  # BentoML reads the decoded body, as if it had been sent uncompressed
+            kept = [(k, v) for k, v in scope.get("headers", [])
+                    if k.lower() not in (b"content-encoding", b"content-length")]
+            scope = {**scope, "headers": [*kept, (b"content-length", str(len(body)).encode())]}
 
         sent = False
 
@@ -97,6 +106,17 @@ BATCH_ROWS = bentoml.metrics.Histogram(name="expctr_ctr_batch_rows", documentati
 BATCH_REQUESTS = bentoml.metrics.Histogram(name="expctr_ctr_batch_requests",
                                            documentation="Requests merged into one CTR forward pass",
                                            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32))
+
+
+EXPLAINER = bentoml.metrics.Gauge(name="expctr_explainer", labelnames=["count"],
+                                  documentation="Explanations since start by how they were obtained (cache, "
+                                  "coalesced with an identical one in flight, generated), generation batches, "
+                                  "largest batch (rows)")
+
+
+def _export(pair: ModelPair) -> None:
+    for name, value in pair.batcher.stats().items():
+        EXPLAINER.labels(count=name).set(value)
 
 
 def _error(ctx: bentoml.Context, exc: RequestError) -> dict[str, Any]:
@@ -143,12 +163,14 @@ class ExpCTR:
                       history: list[HistoryEntry] | None = None, explain: bool = False,
                       ctx: bentoml.Context = None) -> dict[str, Any]:
         """Rank candidate items for a known user (`user_id`) or a cold-start `history`; `explain` adds one
-        sentence per candidate (then the probability is ExpCTR-Aug's, else the ID model's)."""
+        checked sentence per candidate whose verdict follows p_click (>= decision_threshold: "will probably
+        enjoy"); p_click is then ExpCTR-Aug's unless p_source says the ID model's."""
         try:
             req = validate(PredictRequest, {"candidates": candidates, "user_id": user_id, "explain": explain,
                                             "history": None if history is None else [h.model_dump() for h in history]})
             if req.explain:
                 resp = await anyio.to_thread.run_sync(self.pair.predict, req)
+                _export(self.pair)
             else:
                 prepared = self.pair.prepare(req)
                 resp = self.pair.respond(prepared, await self._score(prepared.packed))
@@ -159,11 +181,12 @@ class ExpCTR:
     @bentoml.api(route="/explain")
     async def explain(self, item_id: str, user_id: str | None = None, history: list[HistoryEntry] | None = None,
                       ctx: bentoml.Context = None) -> dict[str, Any]:
-        """One explanation and ExpCTR-Aug click probability for (user or cold-start history, item)."""
+        """One checked explanation and its click probability for (user or cold-start history, item)."""
         try:
             req = validate(ExplainRequest, {"item_id": item_id, "user_id": user_id,
                                             "history": None if history is None else [h.model_dump() for h in history]})
             resp = await anyio.to_thread.run_sync(self.pair.explain, req)
+            _export(self.pair)
         except RequestError as exc:
             return _error(ctx, exc)
         return resp.model_dump()

@@ -16,7 +16,8 @@
 #
 # Usage: bash docker/build_base.sh [--force]      env: EXPCTR_BASE_IMAGE (tag), DEBIAN_MIRROR, UV_BIN
 set -euo pipefail
-cd "$(dirname "$0")/.."
+SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
+cd "$(dirname "$SELF")/.."
 IMAGE=${EXPCTR_BASE_IMAGE:-expctr-base:bookworm}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
@@ -25,7 +26,7 @@ DOCKER=${DOCKER:-docker}
 
 [ -f "$CA_BUNDLE" ] || { echo "build_base: no CA bundle at $CA_BUNDLE (apt-get install ca-certificates)" >&2; exit 1; }
 [ -x "$UV_BIN" ] || { echo "build_base: no uv binary at $UV_BIN (run scripts/setup.sh first or set UV_BIN)" >&2; exit 1; }
-recipe=$(cat "$0" "$CA_BUNDLE" "$UV_BIN" | sha256sum | cut -c1-16)
+recipe=$(cat "$SELF" "$CA_BUNDLE" "$UV_BIN" | sha256sum | cut -c1-16)
 current=$($DOCKER image inspect "$IMAGE" --format '{{ index .Config.Labels "expctr.base.recipe" }}' 2>/dev/null || true)
 if [ "${1:-}" != "--force" ] && [ "$current" = "$recipe" ]; then
   echo "build_base: $IMAGE is up to date (recipe $recipe)"

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import run_cli
+from support import REPO_ROOT, run_cli
+
+from expctr.explainer.rewards import stance
+from expctr.llm.prompts import verdict_prefix
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +71,25 @@ def test_package_then_serve_the_bento_over_http(tiny_rounds_project: Path, tmp_p
         r = httpx.post(f"{url}/predict", json={"user_id": users[0], "candidates": items[:2], "explain": True},
                        timeout=300)
         assert r.status_code == 200, r.text
-        assert all(it["explanation"] for it in r.json()["items"])
+        served = r.json()
+        for it in served["items"]:  # the verdict follows the probability it is served with
+            positive = it["p_click"] >= served["decision_threshold"]
+            assert it["explanation"].startswith(verdict_prefix(positive) + " "), it
+            assert stance(it["explanation"]) == (1 if positive else -1) and it["stance_source"] == "score"
+        # the trust benchmark, proven on this server with a tiny count (one known user, one cold-start history)
+        out = tmp_path / "trust.json"
+        bench = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "trust_bench.py"), "--url", url,
+                                "--model", record["model_tag"], "--users", "1", "--cold", "1", "--candidates", "2",
+                                "--out", str(out)], check=False, capture_output=True, text=True, timeout=900)
+        assert bench.returncode == 0, bench.stdout[-2000:] + bench.stderr[-2000:]
+        trust = json.loads(out.read_text())
+        assert trust["explanations"] == 4 and trust["by_kind"].keys() == {"known", "cold"}
+        assert trust["stance_score_agreement"] == 1.0 and trust["stance_field_agreement"] == 1.0
+        assert trust["all_cached_on_second_pass"] and trust["server_flags"]["flags_match_checks"] == 1.0
+        for key in ("grounded_rate", "complete_single_sentence_rate"):
+            assert 0.0 <= trust[key] <= 1.0
+        assert trust["latency"]["uncached"]["requests"] == 2 and trust["latency"]["cached"]["p50_ms"] > 0
+        assert trust["explainer_counts"]["generated"] >= 4 and trust["explainer_counts"]["cache"] >= 4
         with ThreadPoolExecutor(16) as pool:
             codes = list(pool.map(lambda k: httpx.post(f"{url}/predict", json={
                 "user_id": users[k % len(users)], "candidates": items[k:k + 100]}, timeout=60).status_code,
@@ -82,6 +103,11 @@ def test_package_then_serve_the_bento_over_http(tiny_rounds_project: Path, tmp_p
         assert 1 <= metrics["expctr_ctr_batch_requests_count"] <= metrics["expctr_ctr_batch_requests_sum"]
         bad = httpx.post(f"{url}/predict", content=b"{oops", headers={"content-type": "application/json"})
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
+        for body, headers, status in (  # through the real server too: our error shape, not BentoML's
+                (b'{"user_id": "\\ud800", "candidates": ["x"]}', {}, 400),
+                (b'{"user_id": "u", "candidates": ["x"]}', {"content-encoding": "gzip"}, 415)):
+            bad = httpx.post(f"{url}/predict", content=body, headers={"content-type": "application/json", **headers})
+            assert bad.status_code == status and set(bad.json()) == {"error"}, bad.text
     finally:
         proc.terminate()
         try:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
+from expctr.explainer.rewards import stance
+from expctr.llm.prompts import verdict_prefix
 
 JSON = {"content-type": "application/json"}
 
@@ -50,6 +54,31 @@ def test_explain_and_explained_predict(http, ids):
     body = r.json()
     assert body["scorer"] == "expctr_aug" and all(it["explanation"] for it in body["items"])
     assert next(it for it in body["items"] if it["item_id"] == ids["items"][5])["cached"] is True
+
+
+def test_served_explanations_take_the_stance_of_their_probability(http, ids):
+    """Real served responses: each explanation's verdict (flag and text) is the one its p_click implies."""
+    for user, cands in ((ids["user"], ids["items"][8:12]), (ids["other"], ids["items"][12:15])):
+        r = post(http, "/predict", {"user_id": user, "candidates": cands, "explain": True})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        threshold = body["decision_threshold"]
+        for it in body["items"]:
+            positive = it["p_click"] >= threshold
+            assert it["stance"] == ("enjoy" if positive else "not_enjoy") and it["stance_source"] == "score", it
+            assert it["explanation"].startswith(verdict_prefix(positive) + " ") and stance(it["explanation"]) == (
+                1 if positive else -1), it
+            assert it["p_source"] in ("expctr_aug", "id_model")
+            assert all(isinstance(it[k], bool) for k in ("faithful", "grounded", "complete", "regenerated"))
+    one = post(http, "/explain", {"user_id": ids["user"], "item_id": ids["items"][9]}).json()
+    assert one["item"]["stance"] == ("enjoy" if one["item"]["p_click"] >= one["decision_threshold"] else "not_enjoy")
+
+
+def test_a_gzip_body_is_decoded(http, ids):
+    body = gzip.compress(json.dumps({"user_id": ids["user"], "candidates": ids["items"][:3]}).encode())
+    r = http.post("/predict", content=body, headers={**JSON, "content-encoding": "gzip"})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["items"]) == 3
 
 
 def test_concurrent_ctr_requests_all_succeed(http, ids):
@@ -142,13 +171,29 @@ BAD = [
      "item_id.0: unknown item id 'nope'"),
     ("explain: extra field", "/explain", {"user_id": U, "item_id": "<item0>", "candidates": []}, JSON, 422,
      "invalid_request", "candidates: unknown field"),
+    # valid JSON that is not Unicode text: a lone UTF-16 surrogate escape, in a value or in a key
+    ("lone surrogate", "/predict", b'{"user_id": "\\ud800", "candidates": ["<item0>"]}', JSON, 400,
+     "invalid_encoding", "user_id: a string holds a lone UTF-16 surrogate"),
+    ("lone surrogate in a list", "/explain", b'{"user_id": "<user>", "item_id": "x\\udfffy"}', JSON, 400,
+     "invalid_encoding", "item_id: a string holds a lone UTF-16 surrogate"),
+    ("lone surrogate key", "/predict", b'{"\\ud800": 1, "user_id": "<user>", "candidates": ["<item0>"]}', JSON,
+     400, "invalid_encoding", "lone UTF-16 surrogate"),
+    # content codings: gzip is decoded, anything else (or a body that is not what its header says) is a 415
+    ("gzip header, plain body", "/predict", {"user_id": U, "candidates": ["<item0>"]},
+     {**JSON, "content-encoding": "gzip"}, 415, "unsupported_media_type", "is not gzip data"),
+    ("truncated gzip", "/predict", gzip.compress(b'{"user_id": "<user>", "candidates": ["<item0>"]}')[:-6],
+     {**JSON, "content-encoding": "gzip"}, 415, "unsupported_media_type", "truncated"),
+    ("brotli", "/predict", {"user_id": U, "candidates": ["<item0>"]}, {**JSON, "content-encoding": "br"}, 415,
+     "unsupported_media_type", "Content-Encoding 'br' is not supported"),
+    ("gzip bomb", "/predict", gzip.compress(b'{"user_id": "' + b" " * 2_000_000 + b'"}'),
+     {**JSON, "content-encoding": "gzip"}, 413, "payload_too_large", "decodes to more than 65536 bytes"),
 ]
 
 
 @pytest.mark.parametrize("name, path, body, headers, status, code, words", BAD, ids=[b[0] for b in BAD])
 def test_bad_input_gets_a_typed_4xx(http, ids, name, path, body, headers, status, code, words):
-    if isinstance(body, bytes):
-        for key in ("<item0>", "<item1>"):
+    if isinstance(body, bytes) and not body.startswith(b"\x1f\x8b"):
+        for key in ("<item0>", "<item1>", U):
             body = body.replace(key.encode(), json.dumps(_fill(key, ids))[1:-1].encode())
     else:
         body = _fill(body, ids)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import polars as pl
 import pytest
 import torch
 
 from expctr.ctr.batch import CTRData
+from expctr.explainer.rewards import stance
+from expctr.llm.prompts import verdict_prefix
 from expctr.serving.errors import DuplicateIds, InvalidRequest, LimitExceeded, UnknownId
-from expctr.serving.predictor import COLD_START
+from expctr.serving.predictor import COLD_START, DECISION_THRESHOLD
 from expctr.serving.schemas import ExplainRequest, PredictRequest
 
 
@@ -109,47 +115,158 @@ def test_explanations_are_one_guarded_sentence_cached_by_history_item_and_adapte
     uid = next(iter(p.users))
     cands = p.item_ids[100:103]
     first = p.predict(PredictRequest(user_id=uid, candidates=cands, explain=True))
-    assert first.scorer == "expctr_aug"
+    assert first.scorer == "expctr_aug" and first.decision_threshold == DECISION_THRESHOLD
     for it in first.items:
-        assert it.explanation.startswith(p.prefix) and it.faithful is not None and not it.cached
+        assert it.explanation.startswith(p.prefix) and not it.cached
+        assert None not in (it.faithful, it.grounded, it.complete) and it.stance_source == "score"
     again = p.predict(PredictRequest(user_id=uid, candidates=cands, explain=True))
     assert all(it.cached for it in again.items)
     assert {it.item_id: it.explanation for it in again.items} == {it.item_id: it.explanation for it in first.items}
     assert {it.item_id: it.p_click for it in again.items} == pytest.approx(
         {it.item_id: it.p_click for it in first.items})
-    # the same history as a cold-start request hits the same cache entries (key = history + item + adapter)
+    # the same history as a cold-start request hits the same cache entries when the ID model gives it the
+    # same verdict (key = history + item + verdict + adapter)
     user = p.resolve_user(PredictRequest(user_id=uid, candidates=cands))
     history = [{"item_id": p.item_ids[r], "rating": 5.0 if liked else 1.0} for r, liked in user.history]
     cold = p.explain(ExplainRequest(history=history, item_id=cands[0]))
-    assert cold.user == COLD_START and cold.item.cached
-    assert cold.item.explanation == next(it.explanation for it in first.items if it.item_id == cands[0])
+    known = next(it for it in first.items if it.item_id == cands[0])
+    assert cold.user == COLD_START
+    if cold.item.stance == known.stance:
+        assert cold.item.cached and cold.item.explanation == known.explanation
 
 
-def test_an_unfaithful_explanation_is_regenerated_once_then_flagged(model_pair, monkeypatch):
-    """The guard's logic, with the generator replaced by scripted outputs (the real LLM cannot be made to
-    hallucinate on demand). A title outside history + target triggers one sampled retry."""
+def _stance_ok(item) -> bool:
+    """The item's explanation states the verdict its p_click implies, in the response flags and in the text."""
+    positive = item.p_click >= DECISION_THRESHOLD
+    return (item.stance == ("enjoy" if positive else "not_enjoy") and item.stance_source == "score"
+            and item.explanation.startswith(verdict_prefix(positive) + " ")
+            and stance(item.explanation) == (1 if positive else -1))
+
+
+def test_every_explanation_takes_the_stance_of_its_returned_probability(model_pair):
+    p = model_pair
+    users = list(p.users)[:3]
+    for k, uid in enumerate(users):
+        resp = p.predict(PredictRequest(user_id=uid, candidates=p.item_ids[20 + 3 * k:23 + 3 * k], explain=True))
+        packed = p.prepare(PredictRequest(user_id=uid, candidates=[it.item_id for it in resp.items])).packed
+        p_id = p.score_id(packed)
+        for it, pid in zip(resp.items, p_id):
+            assert _stance_ok(it), it
+            if it.p_source == "id_model":  # ExpCTR-Aug crossed the threshold: the verdict's own score is returned
+                assert it.p_click == pytest.approx(pid)
+    # both verdicts, whatever the tiny ID model scores: the explainer continues the verdict it is given
+    user = p.resolve_user(PredictRequest(user_id=users[0], candidates=[p.item_ids[0]]))
+    both = p.explanations(user, [40, 40], [True, False])
+    assert [stance(e.text) for e in both] == [1, -1]
+    assert both[0].text.startswith(verdict_prefix(True) + " ") and both[1].text.startswith(verdict_prefix(False))
+
+
+def test_a_failing_explanation_is_regenerated_once_then_flagged(model_pair, monkeypatch):
+    """The guard's logic, with the writer replaced by scripted sentences (the real LLM cannot be made to
+    invent a title, cut a sentence or give a generic reason on demand): every failing first try gets one
+    sampled retry; the better try is returned with flags that say what still fails."""
     p = model_pair
     uid = next(iter(p.users))
     user = p.resolve_user(PredictRequest(user_id=uid, candidates=[p.item_ids[0]]))
     seen = {r for r, _ in user.history}
     outsider = next(i for i in range(len(p.items)) if i not in seen and len(p.items[i].title.split()) >= 3)
-    targets = [i for i in range(200, 400) if i not in seen and i != outsider][:2]
-    bad = f'{p.prefix} enjoy it because it is like "{p.items[outsider].title}".'
-    good = f"{p.prefix} enjoy it because of its genres."
+    targets = [i for i in range(200, 400) if i not in seen and i != outsider][:4]
+    named = p.items[user.history[-1][0]].title  # the most recent history item: always in the prompt
+    invented = 'because it is like "The Shawshiels".'
+    script = {  # target -> (first try, retry)
+        targets[0]: (invented, f'because it is like "{p.items[outsider].title}".'),  # fails both times
+        targets[1]: ("because of its similarity to the Liked ones.", f'because the user rated "{named}".'),
+        targets[2]: (f'because the user rated "{named}" and its blend of action,', f'because of "{named}".'),
+        targets[3]: (f'because the user rated "{named}".', None),
+    }
     calls = []
 
-    def scripted(prompts, sample, seed):
-        calls.append(sample)
-        if not sample:
-            return [bad, good][: len(prompts)]
-        return [bad] * len(prompts)  # the retry is unfaithful again
+    def scripted(prompts, openings, groups, seeds, sample, caps=None):
+        calls.append((sample, len(prompts)))
+        rows = targets[:3] if sample else targets  # one request's batch keeps its order; the first three fail
+        return [f"{opening} it {script[row][1 if sample else 0]}" for row, opening in zip(rows, openings)]
 
-    monkeypatch.setattr(p, "_generate", scripted)
+    monkeypatch.setattr(p, "_write", scripted)
     p.cache._data.clear()
-    out = p.explanations(user, targets)
-    assert calls == [False, True]
-    assert (out[0].faithful, out[0].regenerated) == (False, True)
-    assert (out[1].faithful, out[1].regenerated) == (True, False)
+    out = p.explanations(user, targets, [True, False, True, False])
+    assert calls == [(False, 4), (True, 3)]
+    got = [(e.faithful, e.grounded, e.complete, e.regenerated) for e in out]
+    assert got[0] == (False, False, True, True)  # invented title, then a catalogue title outside the pair
+    assert got[1] == (True, True, True, True) and named in out[1].text
+    assert got[2] == (True, True, True, True) and out[2].text.endswith(f'"{named}".')
+    assert got[3] == (True, True, True, False)
+    assert [e.positive for e in out] == [True, False, True, False]
+
+
+def test_identical_concurrent_cold_requests_run_the_explainer_once(model_pair, monkeypatch):
+    """Four identical cold-start requests at once: the first writes the explanations, the other three wait
+    for that result (coalesced before the explainer lock) and get the same text."""
+    p = model_pair
+    history = [{"item_id": p.item_ids[i], "rating": 5.0 if i % 2 else 2.0} for i in range(160, 166)]
+    req = PredictRequest(history=history, candidates=p.item_ids[150:152], explain=True)
+    real_write, writes = p._write, []
+    hold = threading.Event()
+
+    def counted(prompts, openings, groups, seeds, sample, caps=None):
+        writes.append((sample, len(prompts)))
+        assert hold.wait(120)
+        return real_write(prompts, openings, groups, seeds, sample, caps)
+
+    monkeypatch.setattr(p, "_write", counted)
+    p.load_explainer()
+    before = p.batcher.stats()
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(p.predict, req)]
+        deadline = time.time() + 60
+        while not writes:  # the first request is writing
+            assert time.time() < deadline
+            time.sleep(0.01)
+        futures += [pool.submit(p.predict, req) for _ in range(3)]
+        while p.batcher.stats()["coalesced"] - before["coalesced"] < 6:  # 3 requests x 2 candidates joined it
+            assert time.time() < deadline
+            time.sleep(0.01)
+        hold.set()
+        responses = [f.result(timeout=300) for f in futures]
+    after = p.batcher.stats()
+    assert [s for s, _ in writes].count(False) == 1 and writes[0] == (False, 2)
+    assert after["batches"] - before["batches"] == 1 and after["generated"] - before["generated"] == 2
+    texts = [[(it.item_id, it.explanation, it.p_click) for it in r.items] for r in responses]
+    assert all(t == texts[0] for t in texts)
+
+
+def test_concurrent_cold_requests_of_different_users_share_a_generation_batch(model_pair, monkeypatch):
+    """While the explainer is busy, two other users' requests queue; the next batch carries both (one prefill
+    per user's history, one decoding batch)."""
+    p = model_pair
+    users = list(p.users)[5:8]
+    reqs = [PredictRequest(user_id=u, candidates=p.item_ids[170 + 2 * k:172 + 2 * k], explain=True)
+            for k, u in enumerate(users)]
+    real_write, writes = p._write, []
+    hold = threading.Event()
+
+    def counted(prompts, openings, groups, seeds, sample, caps=None):
+        if not sample:
+            writes.append(sorted({hash(g) for g in groups}))
+        assert hold.wait(120)
+        return real_write(prompts, openings, groups, seeds, sample, caps)
+
+    monkeypatch.setattr(p, "_write", counted)
+    p.load_explainer()
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(p.predict, reqs[0])
+        deadline = time.time() + 60
+        while not writes:
+            assert time.time() < deadline
+            time.sleep(0.01)
+        rest = [pool.submit(p.predict, r) for r in reqs[1:]]
+        while p.batcher.stats()["pending"] < 4:
+            assert time.time() < deadline
+            time.sleep(0.01)
+        hold.set()
+        responses = [f.result(timeout=300) for f in (first, *rest)]
+    assert len(writes) == 2 and len(writes[0]) == 1 and len(writes[1]) == 2  # second batch: two users' rows
+    for r in responses:
+        assert all(_stance_ok(it) for it in r.items)
 
 
 def test_a_prompt_injection_title_is_data(model_pair):

@@ -7,7 +7,7 @@ import pytest
 from expctr.llm.base_model import load_model, load_tokenizer
 from expctr.llm.generation import generate
 from expctr.llm.prompts import EXPLANATION_PREFIX, Item, explainer_messages, rendered_prompt
-from expctr.serving.prefix_generation import common_prefix_len, generate_shared_prefix
+from expctr.serving.prefix_generation import common_prefix_len, generate_shared_prefix, plan_groups
 
 HISTORY = [Item("Toy Story", 1995, ("Animation", "Comedy"), True), Item("Heat", 1995, ("Action", "Crime"), False),
            Item("Fargo", 1996, ("Crime", "Drama"), True), Item("Casino", 1995, ("Drama",), False)]
@@ -46,3 +46,29 @@ def test_unrelated_prompts_fall_back_to_plain_generation(llm):
     prompts = ["Name a colour.", "Count to three."]
     assert generate_shared_prefix(model, tok, prompts, max_new_tokens=6).raw_texts == \
         generate(model, tok, prompts, max_new_tokens=6, batch_size=2, progress=False).raw_texts
+
+
+def test_several_users_in_one_batch_write_what_each_would_alone(llm):
+    """Two histories (two prefill groups, different prefix lengths) in one decoding batch, rows ending at
+    different steps: each row's text and token count equal plain batched generation's."""
+    model, tok = llm
+    other = [Item("Alien", 1979, ("Horror", "Sci-Fi"), True), Item("Grease", 1978, ("Musical",), False)]
+    prompts = prompts_for(tok, HISTORY)[:3] + prompts_for(tok, other)[:3]
+    plan = plan_groups([tok(p, add_special_tokens=False)["input_ids"] for p in prompts], ["a"] * 3 + ["b"] * 3)
+    assert [rows for rows, _ in plan] == [[0, 1, 2], [3, 4, 5]] and plan[0][1] != plan[1][1]
+    plain = generate(model, tok, prompts, max_new_tokens=14, batch_size=6, progress=False)
+    mixed = generate_shared_prefix(model, tok, prompts, groups=["a"] * 3 + ["b"] * 3, max_new_tokens=14)
+    assert mixed.raw_texts == plain.raw_texts and mixed.n_new_tokens == plain.n_new_tokens
+    assert mixed.complete == plain.complete
+
+
+def test_sampling_is_per_row_and_caps_are_per_row(llm):
+    model, tok = llm
+    prompts = prompts_for(tok, HISTORY)
+    together = generate_shared_prefix(model, tok, prompts, max_new_tokens=10, do_sample=True, temperature=0.8,
+                                      seeds=[7, 8, 9, 10])
+    alone = generate_shared_prefix(model, tok, prompts[2:], max_new_tokens=10, do_sample=True, temperature=0.8,
+                                   seeds=[9, 10])
+    assert together.raw_texts[2:] == alone.raw_texts  # a row's sample does not depend on its batch
+    capped = generate_shared_prefix(model, tok, prompts[:2], max_new_tokens=[3, 40])
+    assert capped.n_new_tokens[0] <= 3 and capped.n_new_tokens[1] > 3

@@ -1,8 +1,10 @@
 """A bounded, thread-safe LRU cache of explanations keyed by what determines them.
 
-Key = sha256 of (the rendered history the explainer saw, the target item, the adapter version). Two users
-with the same history and target get the same explanation - it was computed from nothing else - and a new
-adapter never serves an old adapter's text.
+Key = sha256 of (the rendered history the explainer saw, the target item, the verdict the explanation was
+opened with, the adapter version). Two users with the same history, target and verdict get the same
+explanation - it was computed from nothing else - and a new adapter never serves an old adapter's text. The
+verdict is in the key because it comes from the score, which differs between users with the same history
+(a known user's ID features, a cold-start user's none).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def explanation_key(history: Sequence[Any], item_id: str, adapter_version: str) -> str:
-    blob = json.dumps({"h": list(history), "i": item_id, "a": adapter_version}, sort_keys=True, default=str)
+def explanation_key(history: Sequence[Any], item_id: str, adapter_version: str, verdict: str | None = None) -> str:
+    blob = json.dumps({"h": list(history), "i": item_id, "a": adapter_version, "v": verdict}, sort_keys=True,
+                      default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -2,14 +2,24 @@
 
 Request flow: `resolve_user` and `candidate_rows` turn ids into rows (or raise a typed 4xx),
 `pack` builds one int64 feature row per candidate (so a batcher can concatenate requests), `score_id`
-scores packed rows with the ID model, and `explanations` writes one sentence per candidate with the
-explainer (greedy, batched, cached), re-generating once (sampled) when the faithfulness check finds a
-title outside the user's history and the target, and flagging it if the second try fails too. With
-explanations, the click probability is ExpCTR-Aug's (ID features + the explanation's embedding).
+scores packed rows with the ID model, and `explanations` writes one sentence per candidate.
+
+Explanations agree with the score they are returned with. The ID model's probability decides the verdict
+(p >= DECISION_THRESHOLD: "will probably enjoy") and the explainer's assistant turn is opened with it
+(`verdict_prefix`), so the explainer writes only the reason. ExpCTR-Aug then reads the explanation; its
+probability is returned when it stays on the same side of the threshold, otherwise the ID model's (which chose
+the verdict) is returned and `p_source` says so: a text-dependent score never overrides the verdict it was
+computed from, and no explanation is generated twice to chase it.
+
+Each explanation is checked (`expctr.serving.checks`: one complete sentence, only the pair's titles, a
+grounded reason); one that fails is written again once (sampled; twice the token cap if it was cut) and the
+better try is returned with its flags. Explanations are cached, identical ones in flight are coalesced and concurrent
+cold requests share generation batches (`expctr.serving.batcher`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from dataclasses import dataclass
@@ -23,13 +33,14 @@ import torch
 from expctr.config import LLMParams, ServingParams
 from expctr.ctr.text_augmented import load_text_ctr
 from expctr.data.features import HIST_CLICK_NO, HIST_CLICK_YES, OOV, PAD, SCALAR_FIELDS, FeatureMap
-from expctr.evaluation.faithfulness import TitleIndex, unseen_mentions
-from expctr.explainer.rewards import explanation_of
+from expctr.evaluation.faithfulness import TitleIndex
 from expctr.explainer.rl import load_explainer
 from expctr.llm.base_model import set_threads
-from expctr.llm.prompts import Item, explainer_messages, fit_history, rendered_prompt
+from expctr.llm.prompts import Item, encode_messages, explainer_messages, fit_history, verdict_prefix
+from expctr.serving.batcher import ExplanationBatcher, Job
 from expctr.serving.bundle import read_manifest
 from expctr.serving.cache import ExplanationCache, explanation_key
+from expctr.serving.checks import ExplanationChecks, check_explanation, finished_text
 from expctr.serving.errors import DuplicateIds, InvalidRequest, LimitExceeded, UnknownId
 from expctr.serving.prefix_generation import generate_shared_prefix
 from expctr.serving.schemas import (
@@ -42,6 +53,10 @@ from expctr.serving.schemas import (
 )
 
 COLD_START = "cold-start"
+# p_click at or above it: "the user will probably enjoy" (more likely than not to click: the probabilities are
+# calibrated by log-loss training, and "probably" means > 50 %).
+DECISION_THRESHOLD = 0.5
+RETRY_TEMPERATURE = 0.8
 
 
 @dataclass(frozen=True)
@@ -66,10 +81,23 @@ class Prepared:
 @dataclass(frozen=True)
 class Explained:
     text: str
+    positive: bool  # the verdict it opens with ("will probably enjoy")
     faithful: bool
+    grounded: bool
+    complete: bool
     regenerated: bool
     embedding: np.ndarray  # all-MiniLM-L6-v2 embedding of `text` (what ExpCTR-Aug reads)
     cached: bool = False
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What one explanation job needs: the user's (item row, liked) history, the target row, the verdict."""
+
+    history: tuple[tuple[int, bool], ...]
+    row: int
+    positive: bool
+    seed: int
 
 
 def _duplicates(values: list[str]) -> list[str]:
@@ -109,7 +137,10 @@ class ModelPair:
         self.title_index = TitleIndex.from_catalogue(cat["title"].to_list(), cat["year"].to_list())
         self.cache = ExplanationCache(self.limits.explanation_cache_size)
         self.prefix = self.manifest["explanation_prefix"]
-        self._llm_lock = threading.Lock()
+        self.batcher = ExplanationBatcher(self._explain_batch, self.cache, max_rows=self.limits.gen_batch_size)
+        self._version = "/".join(str(v) for v in (self.manifest["versions"]["explainer_adapter"],
+                                                  self.manifest["max_prompt_tokens"], self.limits.max_new_tokens))
+        self._load_lock = threading.Lock()
         self._explainer: tuple[Any, Any] | None = None
         self._encoder = None
 
@@ -121,7 +152,7 @@ class ModelPair:
 
     def load_explainer(self) -> None:
         """Load the explainer (base + merged adapter) and the sentence encoder; idempotent."""
-        with self._llm_lock:
+        with self._load_lock:
             if self._explainer is None:
                 llm = LLMParams(dtype=self.manifest["llm"]["dtype"], device=self.device, threads=self.limits.threads)
                 self._explainer = load_explainer(self.dir / "llm" / "base", self.dir / "llm" / "adapter", llm)
@@ -226,84 +257,88 @@ class ModelPair:
         return torch.sigmoid(self.aug(batch)).double().cpu().numpy()
 
     # ------------------------------------------------------------------ explanations
-    def _history_items(self, user: UserContext) -> list[Item]:
+    def _history_items(self, history: tuple[tuple[int, bool], ...]) -> list[Item]:
         out = []
-        for row, liked in user.history:
+        for row, liked in history:
             it = self.items[row]
             out.append(Item(it.title, it.year, it.genres, liked))
         return out
 
-    def _prompt(self, history: list[Item], target: Item) -> tuple[str, list[Item]]:
+    def _prompt(self, history: list[Item], target: Item, opening: str) -> tuple[list[int], list[Item]]:
+        """The prompt's token ids (exactly the ids `rendered_prompt`'s text stands for) and the history in it.
+
+        Tokenising is a real share of a cold request on a CPU (a chat-template render plus an encode of ~350
+        tokens each), so the whole history is tried first and `fit_history`'s search runs only when it does
+        not fit the budget; the ids go to the generator as they are, not re-tokenised from text."""
         def build(h, t):
-            return explainer_messages(h, t) + [{"role": "assistant", "content": self.prefix}]
+            return explainer_messages(h, t) + [{"role": "assistant", "content": opening}]
 
         tok = self._explainer[1]
-        fitted = fit_history(tok, history, target, int(self.manifest["max_prompt_tokens"]), build=build)
-        return rendered_prompt(tok, build(fitted, target)), fitted
+        budget = int(self.manifest["max_prompt_tokens"])
+        ids = encode_messages(tok, build(history, target))
+        if len(ids) <= budget:
+            return ids, history
+        fitted = fit_history(tok, history, target, budget, build=build)
+        return encode_messages(tok, build(fitted, target)), fitted
 
-    def _generate(self, prompts: list[str], sample: bool, seed: int) -> list[str]:
-        """One batch per call: one user's prompts share system text + history, prefilled once."""
+    def _write(self, prompts: list[list[int]], openings: list[str], groups: list, seeds: list[int], sample: bool,
+               caps: list[int] | None = None) -> list[str]:
+        """One generation batch (rows of one history share their prefill); each row's shipped text."""
         model, tok = self._explainer
-        out: list[str] = []
-        for b in range(0, len(prompts), self.limits.gen_batch_size):
-            res = generate_shared_prefix(model, tok, prompts[b:b + self.limits.gen_batch_size],
-                                         max_new_tokens=self.limits.max_new_tokens, do_sample=sample,
-                                         temperature=0.8, seed=seed)
-            out += [explanation_of(raw, self.prefix) for raw in res.raw_texts]
-        return out
+        res = generate_shared_prefix(model, tok, prompts, groups=groups,
+                                     max_new_tokens=caps or [self.limits.max_new_tokens] * len(prompts),
+                                     do_sample=sample, temperature=RETRY_TEMPERATURE, seeds=seeds)
+        return [finished_text(raw, opening, done) for raw, opening, done in zip(res.raw_texts, openings, res.complete)]
 
-    def _unfaithful(self, text: str, history: list[Item], target: Item) -> bool:
-        hist = [{"title": h.title, "year": h.year} for h in history]
-        return bool(unseen_mentions(self.title_index, text, hist, {"title": target.title, "year": target.year}))
+    def _explain_batch(self, jobs: list[Job]) -> list[Explained]:
+        """Write, check, retry once what fails, embed: one batch of jobs (any users), holding the explainer."""
+        reqs: list[_Request] = [j.payload for j in jobs]
+        openings = [verdict_prefix(r.positive) for r in reqs]
+        targets = [self.items[r.row] for r in reqs]
+        prompts, fitted = zip(*(self._prompt(self._history_items(r.history), t, o)
+                                for r, t, o in zip(reqs, targets, openings)))
+        groups = [r.history for r in reqs]
+        texts = self._write(list(prompts), openings, groups, [r.seed for r in reqs], sample=False)
+        checks: list[ExplanationChecks] = [check_explanation(t, fitted[j], targets[j], self.title_index)
+                                           for j, t in enumerate(texts)]
+        bad = [j for j, c in enumerate(checks) if not c.passed]
+        if bad:  # sampled; a sentence cut at the token cap gets twice the cap
+            caps = [self.limits.max_new_tokens * (1 if checks[j].complete else 2) for j in bad]
+            again = self._write([prompts[j] for j in bad], [openings[j] for j in bad], [groups[j] for j in bad],
+                                [reqs[j].seed for j in bad], sample=True, caps=caps)
+            for j, text in zip(bad, again):
+                c = check_explanation(text, fitted[j], targets[j], self.title_index)
+                if c.score > checks[j].score:  # the better try; the first one on a tie
+                    texts[j], checks[j] = text, c
+        emb = self._embed(texts)
+        return [Explained(texts[j], reqs[j].positive, c.faithful, c.grounded, c.complete, j in bad, emb[j])
+                for j, c in enumerate(checks)]
 
-    def explanations(self, user: UserContext, rows: list[int]) -> list[Explained]:
-        """One sentence per candidate row: cached, else generated in one batch; faithfulness-guarded.
+    def explanations(self, user: UserContext, rows: list[int], positives: list[bool]) -> list[Explained]:
+        """One checked sentence per candidate row, opened with the given verdict: cached, coalesced with an
+        identical one in flight, or generated in a batch shared with concurrent requests.
 
-        The cache key is what determines the prompt (history item ids with liked flags, target id, prompt
-        budget) plus the adapter version, so a hit needs no tokenisation; the value carries the sentence
-        embedding too, so an all-cached request costs one small forward pass of ExpCTR-Aug.
+        The cache key is what determines the prompt (history item ids with liked flags, target id, verdict)
+        plus the adapter version and prompt/token budgets, so a hit needs no tokenisation; the value carries
+        the sentence embedding too, so an all-cached request costs one small forward pass of ExpCTR-Aug.
         """
         self.load_explainer()
-        version = f"{self.manifest['versions']['explainer_adapter']}/{self.manifest['max_prompt_tokens']}"
         hist_key = [(self.item_ids[r], liked) for r, liked in user.history]
-        out: list[Explained | None] = [None] * len(rows)
-        keys = [explanation_key(hist_key, self.item_ids[row], version) for row in rows]
-        todo = self._from_cache(keys, range(len(rows)), out)
-        if not todo:
-            return out  # type: ignore[return-value]
-        with self._llm_lock:
-            # another request may have generated some of these while this one waited for the lock
-            todo = self._from_cache(keys, todo, out)
-            if not todo:
-                return out  # type: ignore[return-value]
-            history = self._history_items(user)
-            targets = [self.items[rows[n]] for n in todo]
-            prompts, fitted = zip(*(self._prompt(history, t) for t in targets))
-            texts = self._generate(list(prompts), sample=False, seed=0)
-            faithful = [not self._unfaithful(t, fitted[j], targets[j]) for j, t in enumerate(texts)]
-            bad = [j for j, ok in enumerate(faithful) if not ok]
-            if bad:
-                seed = int(keys[todo[bad[0]]][:8], 16)
-                for j, text in zip(bad, self._generate([prompts[j] for j in bad], sample=True, seed=seed)):
-                    texts[j] = text
-                    faithful[j] = not self._unfaithful(text, fitted[j], targets[j])
-            emb = self._embed(texts)
-        for j, n in enumerate(todo):
-            value = (texts[j], faithful[j], j in bad, emb[j])
-            self.cache.put(keys[n], value)
-            out[n] = Explained(*value)
-        return out  # type: ignore[return-value]
+        jobs = []
+        for row, positive in zip(rows, positives, strict=True):
+            opening = verdict_prefix(positive)
+            key = explanation_key(hist_key, self.item_ids[row], self._version, opening)
+            jobs.append(Job(key, _Request(user.history, row, bool(positive), int(key[:8], 16))))
+        return [dataclasses.replace(o.value, cached=True) if o.how == "cache" else o.value
+                for o in self.batcher.run(jobs)]
 
-    def _from_cache(self, keys: list[str], todo, out: list[Explained | None]) -> list[int]:
-        """Fill `out[n]` for the cached keys among `todo`; return the indices still to generate."""
-        missing = []
-        for n in todo:
-            hit = self.cache.get(keys[n])
-            if hit is None:
-                missing.append(n)
-            else:
-                out[n] = Explained(*hit, cached=True)
-        return missing
+    def explained_scores(self, packed: np.ndarray, p_id: np.ndarray, expl: list[Explained]
+                         ) -> tuple[np.ndarray, list[str]]:
+        """The probability each explanation is returned with: ExpCTR-Aug's when it agrees with the verdict
+        (chosen from `p_id`), else the ID model's; and which model each came from."""
+        p_aug = self.score_aug(packed, np.stack([e.embedding for e in expl]))
+        agree = (p_aug >= DECISION_THRESHOLD) == np.array([e.positive for e in expl])
+        return np.where(agree, p_aug, p_id), ["expctr_aug" if a else "id_model" for a in agree]
 
     # ------------------------------------------------------------------ endpoints
     def prepare(self, req: PredictRequest) -> Prepared:
@@ -316,39 +351,48 @@ class ModelPair:
             rows = self.candidate_rows(req.candidates, "candidates", self.limits.max_candidates)
         return Prepared(user, rows, self.pack(user, rows))
 
-    def respond(self, prepared: Prepared, probs: np.ndarray, expl: list[Explained] | None = None
-                ) -> PredictResponse:
+    def respond(self, prepared: Prepared, probs: np.ndarray, expl: list[Explained] | None = None,
+                sources: list[str] | None = None) -> PredictResponse:
+        n = len(prepared.rows)
         return PredictResponse(user=prepared.user.name, scorer="expctr_aug" if expl is not None else "id_model",
+                               decision_threshold=DECISION_THRESHOLD,
                                items=self._ranked(prepared.rows, np.asarray(probs, dtype=np.float64),
-                                                  expl or [None] * len(prepared.rows)),
+                                                  expl or [None] * n, sources or ["id_model"] * n),
                                versions=self.versions())
 
     def predict(self, req: PredictRequest) -> PredictResponse:
         """Rank the candidates (explained: ExpCTR-Aug with the explanations; else the ID model)."""
         prepared = self.prepare(req)
+        p_id = self.score_id(prepared.packed)
         if not req.explain:
-            return self.respond(prepared, self.score_id(prepared.packed))
-        expl = self.explanations(prepared.user, prepared.rows)
-        probs = self.score_aug(prepared.packed, np.stack([e.embedding for e in expl]))
-        return self.respond(prepared, probs, expl)
+            return self.respond(prepared, p_id)
+        expl = self.explanations(prepared.user, prepared.rows, [bool(p >= DECISION_THRESHOLD) for p in p_id])
+        probs, sources = self.explained_scores(prepared.packed, p_id, expl)
+        return self.respond(prepared, probs, expl, sources)
 
     def explain(self, req: ExplainRequest) -> ExplainResponse:
         user = self.resolve_user(req)
         rows = self.candidate_rows([req.item_id], "item_id", 1)
-        expl = self.explanations(user, rows)
-        probs = self.score_aug(self.pack(user, rows), np.stack([e.embedding for e in expl]))
-        return ExplainResponse(user=user.name, item=self._ranked(rows, probs, expl)[0], versions=self.versions())
+        packed = self.pack(user, rows)
+        p_id = self.score_id(packed)
+        expl = self.explanations(user, rows, [bool(p_id[0] >= DECISION_THRESHOLD)])
+        probs, sources = self.explained_scores(packed, p_id, expl)
+        return ExplainResponse(user=user.name, decision_threshold=DECISION_THRESHOLD,
+                               item=self._ranked(rows, probs, expl, sources)[0], versions=self.versions())
 
-    def _ranked(self, rows: list[int], probs: np.ndarray, expl: list[Explained | None]) -> list[ScoredItem]:
+    def _ranked(self, rows: list[int], probs: np.ndarray, expl: list[Explained | None], sources: list[str]
+                ) -> list[ScoredItem]:
         order = sorted(range(len(rows)), key=lambda j: (-probs[j], j))
         out = []
         for rank, j in enumerate(order, 1):
             e = expl[j]
+            extra = {} if e is None else {
+                "explanation": e.text, "stance": "enjoy" if e.positive else "not_enjoy", "stance_source": "score",
+                "faithful": e.faithful, "grounded": e.grounded, "complete": e.complete,
+                "regenerated": e.regenerated, "cached": e.cached}
             out.append(ScoredItem(item_id=self.item_ids[rows[j]], title=self.items[rows[j]].title, rank=rank,
-                                  p_click=float(probs[j]),
-                                  explanation=e.text if e else None, faithful=e.faithful if e else None,
-                                  regenerated=e.regenerated if e else False, cached=e.cached if e else False))
+                                  p_click=float(probs[j]), p_source=sources[j], **extra))
         return out
 
 
-__all__ = ["COLD_START", "Explained", "ModelPair", "Prepared", "UserContext"]
+__all__ = ["COLD_START", "DECISION_THRESHOLD", "Explained", "ModelPair", "Prepared", "UserContext"]

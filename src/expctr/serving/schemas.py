@@ -48,11 +48,25 @@ class ScoredItem(BaseModel):
     item_id: str
     title: str
     rank: int
-    p_click: float = Field(description="Click probability (ExpCTR-Aug when explained, else the ID model).")
+    p_click: float = Field(description="Click probability: ExpCTR-Aug's when explained (the ID model's where "
+                           "reading the explanation moved ExpCTR-Aug across the decision threshold; see "
+                           "p_source), else the ID model's.")
+    p_source: Literal["expctr_aug", "id_model"] = Field(description="The model p_click comes from.")
     explanation: str | None = None
-    faithful: bool | None = Field(default=None, description="False: names an item outside history/target "
-                                  "even after one regeneration.")
-    regenerated: bool = False
+    stance: Literal["enjoy", "not_enjoy"] | None = Field(
+        default=None, description="The verdict the explanation states: 'enjoy' exactly when p_click >= "
+        "decision_threshold.")
+    stance_source: Literal["score"] | None = Field(
+        default=None, description="'score': the verdict was chosen from the ID model's probability before the "
+        "explainer wrote the reason (the explainer's own verdict is not used).")
+    faithful: bool | None = Field(default=None, description="False: names or quotes a title that is neither "
+                                  "in the user's history nor the target (also invented titles), even after one "
+                                  "regeneration.")
+    grounded: bool | None = Field(default=None, description="False: the reason names no history item and no "
+                                  "genre the target shares with the history, even after one regeneration.")
+    complete: bool | None = Field(default=None, description="False: not exactly one complete sentence (e.g. cut "
+                                  "at the token cap), even after one regeneration.")
+    regenerated: bool = Field(default=False, description="The first text failed a check and was written again.")
     cached: bool = False
 
 
@@ -67,12 +81,14 @@ class Versions(BaseModel):
 class PredictResponse(BaseModel):
     user: str
     scorer: Literal["expctr_aug", "id_model"]
+    decision_threshold: float = Field(description="p_click at or above it: the user will probably enjoy the item.")
     items: list[ScoredItem]
     versions: Versions
 
 
 class ExplainResponse(BaseModel):
     user: str
+    decision_threshold: float
     item: ScoredItem
     versions: Versions
 

@@ -1,0 +1,123 @@
+"""Benchmark: CTR training throughput and memory with 1 vs N data-parallel processes (accelerate launch, DDP).
+
+Usage:  .venv/bin/python bench/ctr_distributed_bench.py [--processes 1 2] [--models din deepfm] [--epochs 1]
+                                                        [--total-threads 2] [--device cpu] [--train-rows N]
+Needs `data/features` (`dvc repro features`). Results: bench/results/ctr_distributed.json.
+
+Each setting runs the real trainer (`expctr.ctr.trainer.fit(..., data_parallel=True)`) on the ML-1M train
+split: 1 process as a plain subprocess, N > 1 under the same `accelerate launch` command the ctr_model stage
+uses. The total thread budget is split evenly (2 processes x 1 thread vs 1 process x 2 threads on 2 cores),
+so the comparison is processes vs threads on the same cores. Per setting and model it records epoch seconds,
+training rows/s, every process's peak RSS, the bytes of the in-memory training table per process and the bytes
+DDP all-reduces per optimiser step (the dense gradient of every trainable parameter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "ctr_distributed.json"
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One process of a setting (launched): train each model, rank 0 appends one JSON row per model."""
+    import polars as pl
+    import torch
+
+    from expctr import distributed
+    from expctr.config import load_params
+    from expctr.ctr.batch import CTRData
+    from expctr.ctr.models import build_model
+    from expctr.ctr.trainer import fit
+    from expctr.data.features import FeatureMap
+
+    world = distributed.world_size()
+    threads = max(1, args.total_threads // world)
+    torch.set_num_threads(threads)
+    params = load_params(ROOT / "params.yaml")
+    p = params.ctr.model_copy(update={"max_epochs": args.epochs, "patience": args.epochs + 1, "threads": threads,
+                                      "device": args.device})
+    fdir = Path(args.features)
+    fmap = FeatureMap.load(fdir / "feature_map.json")
+    frame = pl.read_parquet(fdir / "train.parquet")
+    train = CTRData.from_frame(frame.head(args.train_rows) if args.train_rows else frame)
+    valid = CTRData.from_frame(pl.read_parquet(fdir / "valid.parquet"))
+    del frame
+    table_bytes = sum(t.numel() * t.element_size() for t in (train.fields, train.genres, train.hist_items,
+                                                              train.hist_clicks, train.labels))
+    for name in args.models:
+        model = build_model(name, fmap, p, seed=params.seed)
+        started = time.perf_counter()
+        res = fit(model, train, valid, p, params.seed, desc=f"{name} x{world}", data_parallel=True)
+        wall = time.perf_counter() - started
+        trainable = sum(t.numel() for t in model.parameters() if t.requires_grad)
+        rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+        if world > 1:
+            from accelerate.utils import gather_object
+
+            rss = gather_object([rss_gib])
+        else:
+            rss = [rss_gib]
+        if distributed.is_main_process():
+            epoch_s = [row["seconds"] for row in res.curve]
+            row = {"processes": world, "threads_per_process": threads, "device": args.device, "model": name,
+                   "train_rows": len(train), "batch_size": p.batch_size, "epochs": len(res.curve),
+                   "epoch_seconds": epoch_s, "rows_per_second": round(len(train) / (sum(epoch_s) / len(epoch_s))),
+                   "wall_seconds_with_validation": round(wall, 2),
+                   "peak_rss_gib_per_process": [round(r, 3) for r in rss], "peak_rss_gib_total": round(sum(rss), 3),
+                   "train_table_gib_per_process": round(table_bytes / 2**30, 3), "trainable_parameters": trainable,
+                   "allreduce_mib_per_step": round(4 * trainable / 2**20, 2) if world > 1 else 0.0,
+                   "steps_per_epoch": -(-len(train) // p.batch_size)}
+            print(json.dumps(row), flush=True)
+            with open(args.out, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--models", nargs="+", default=["din", "deepfm"])
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--total-threads", type=int, default=os.cpu_count() or 1,
+                    help="threads shared by the processes of one setting (split evenly)")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (one GPU per process)")
+    ap.add_argument("--train-rows", type=int, default=None, help="use only the first N training rows (smoke runs)")
+    ap.add_argument("--features", default=str(ROOT / "data" / "features"))
+    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args)
+    if not (Path(args.features) / "feature_map.json").exists():
+        sys.exit(f"{args.features} not found: run `dvc repro features` first")
+    from expctr import distributed
+    from expctr.config import DistributedParams
+
+    rows_file = Path(args.out).with_suffix(".rows.jsonl")
+    rows_file.parent.mkdir(parents=True, exist_ok=True)
+    rows_file.unlink(missing_ok=True)
+    program = [str(Path(__file__).resolve()), "--worker", "--out", str(rows_file), "--models", *args.models,
+               "--epochs", str(args.epochs), "--total-threads", str(args.total_threads), "--device", args.device,
+               "--features", args.features] + (["--train-rows", str(args.train_rows)] if args.train_rows else [])
+    for n in args.processes:
+        cmd = [sys.executable, *program] if n == 1 else distributed.launch_command(
+            DistributedParams(num_processes=n), program)
+        print(f"== {n} process(es): {' '.join(cmd)}", flush=True)
+        subprocess.run(cmd, check=True)
+    rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
+    rows_file.unlink()
+    out = {"cpu_count": os.cpu_count(), "total_threads": args.total_threads, "runs": rows}
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
