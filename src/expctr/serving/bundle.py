@@ -5,7 +5,7 @@ Layout::
     manifest.json            versions, settings the predictor needs, file hashes
     ctr/text_ctr.pt          ExpCTR-Aug of the last round (its base is the ID model)
     ctr/feature_map.json     vocabularies the models were trained with
-    catalogue.parquet        item_id, title, year, genres + model indices
+    catalogue.parquet        item_id, title, year, genres, viewers, liked_share + model indices
     users.parquet            known users: ID feature indices + their K most recent ratings
     llm/base/                the base LLM (safetensors + tokenizer), never modified
     llm/adapter/             the final LoRA adapter (IC stage of the last round)
@@ -13,6 +13,13 @@ Layout::
 
 Known users' histories are their K most recent ratings over all splits: at serving time the whole log is
 the past. Everything is copied, so a registered model never depends on the project checkout.
+
+Each catalogue item carries the statistics the explainer's prompt states about its target ("Liked by 72% of
+its 1204 viewers so far."): `viewers` and `liked_share` over the TRAINING ratings the models were trained on,
+by the same function and prior the training pairs use (`expctr.explainer.pairs.target_stats`, with every
+training rating in the past). Without them a served prompt would differ from every prompt the explainer was
+trained on. An item nobody rated in training has viewers 0 ("Nobody has rated it yet."); with
+`llm.target_stats: false` both are null and the prompt has no reception line, as in training.
 """
 
 from __future__ import annotations
@@ -31,12 +38,13 @@ from expctr.config import Params
 from expctr.data.features import OOV, PAD, FeatureMap
 from expctr.data.sources import sha256_file
 from expctr.errors import ExpCTRError
+from expctr.explainer.pairs import target_stats
 from expctr.llm.encoder import prepare_encoder
 from expctr.llm.prompts import EXPLANATION_PREFIX
 from expctr.paths import ProjectPaths
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: catalogue viewers / liked_share
 
 
 def dir_digest(path: str | Path) -> str:
@@ -81,11 +89,31 @@ def _vocab_idx(vocab: dict[str, int], value: Any) -> int:
     return PAD if value is None else vocab.get(str(value), OOV)
 
 
-def catalogue_table(items: pl.DataFrame, fmap: FeatureMap) -> pl.DataFrame:
-    """Catalogue rows with the model indices of each item (unknown to training -> OOV)."""
+def item_stats(items: pl.DataFrame, train: pl.DataFrame | None) -> pl.DataFrame:
+    """item_id, viewers, liked_share of every catalogue item over all of `train` (None: null statistics).
+
+    `target_stats` counts the ratings strictly before a pair's time; asking at one second after the last
+    training rating counts them all, so serving states exactly what training's formula gives the present."""
+    if train is None:
+        return items.select("item_id", pl.lit(None, pl.Int64).alias("viewers"),
+                            pl.lit(None, pl.Float64).alias("liked_share"))
+    now = int(train["timestamp"].max()) + 1 if train.height else 0
+    asked = items.select("item_id", pl.col("item_code").cast(train.schema["item_code"]),
+                         pl.lit(now, pl.Int64).cast(train.schema["timestamp"]).alias("timestamp"))
+    return target_stats(asked, train).select("item_id", pl.col("viewers").cast(pl.Int64),
+                                             pl.col("liked_share").cast(pl.Float64))
+
+
+def catalogue_table(items: pl.DataFrame, fmap: FeatureMap, train: pl.DataFrame | None = None) -> pl.DataFrame:
+    """Catalogue rows with the model indices of each item (unknown to training -> OOV) and its training
+    statistics (`item_stats`)."""
     g = fmap.max_genres
+    if train is not None and "item_code" not in items.columns:
+        raise ExpCTRError("catalogue_table: items need an item_code column to attach training statistics")
+    stats = {r["item_id"]: r for r in item_stats(items, train).iter_rows(named=True)}
     rows = []
     for r in items.iter_rows(named=True):
+        st = stats.get(r["item_id"], {})
         genres = [str(x) for x in (r["genres"] or [])]
         gidx = [_vocab_idx(fmap.vocabs["genre"], x) for x in genres[:g]]
         rows.append({
@@ -93,9 +121,11 @@ def catalogue_table(items: pl.DataFrame, fmap: FeatureMap) -> pl.DataFrame:
             "item_idx": _vocab_idx(fmap.vocabs["item"], r["item_id"]),
             "decade_idx": _vocab_idx(fmap.vocabs["decade"], r.get("decade")),
             "genre_idx": gidx + [PAD] * (g - len(gidx)),
+            "viewers": st.get("viewers"), "liked_share": st.get("liked_share"),
         })
     return pl.DataFrame(rows, schema={"item_id": pl.String, "title": pl.String, "year": pl.Int32,
                                       "genres": pl.List(pl.String), "item_idx": pl.Int32,
+                                      "viewers": pl.Int64, "liked_share": pl.Float64,
                                       "decade_idx": pl.Int32, "genre_idx": pl.List(pl.Int32)})
 
 
@@ -139,7 +169,7 @@ def write_bundle(dest: str | Path, root: str | Path, params: Params) -> dict[str
     round_dir = paths.round_dir(k)
     fmap_path = paths.ctr_models / "feature_map.json"
     for need in (round_dir / "text_ctr.pt", round_dir / "adapter", fmap_path, paths.base_llm,
-                 paths.features / "items.parquet", paths.raw / "users.parquet", paths.raw / "interactions.parquet"):
+                 paths.features / "items.parquet", paths.features / "train.parquet", paths.raw / "users.parquet", paths.raw / "interactions.parquet"):
         if not need.exists():
             raise ExpCTRError(f"{need}: missing (run the pipeline up to explainer_round_{k} first: dvc repro)")
     dest.mkdir(parents=True, exist_ok=True)
@@ -147,7 +177,10 @@ def write_bundle(dest: str | Path, root: str | Path, params: Params) -> dict[str
     (dest / "ctr").mkdir(exist_ok=True)
     shutil.copy2(round_dir / "text_ctr.pt", dest / "ctr" / "text_ctr.pt")
     shutil.copy2(fmap_path, dest / "ctr" / "feature_map.json")
-    catalogue_table(pl.read_parquet(paths.features / "items.parquet"), fmap).write_parquet(dest / "catalogue.parquet")
+    train = (pl.read_parquet(paths.features / "train.parquet", columns=["item_code", "timestamp", "label"])
+             if params.llm.target_stats else None)
+    catalogue_table(pl.read_parquet(paths.features / "items.parquet"), fmap, train).write_parquet(
+        dest / "catalogue.parquet")
     users_table(pl.read_parquet(paths.raw / "users.parquet"), pl.read_parquet(paths.raw / "interactions.parquet"),
                 fmap).write_parquet(dest / "users.parquet")
     (dest / "llm").mkdir(exist_ok=True)
@@ -171,6 +204,7 @@ def write_bundle(dest: str | Path, root: str | Path, params: Params) -> dict[str
         "rating_range": list(params.data.rating_range),
         "max_prompt_tokens": params.llm.max_prompt_tokens,
         "explanation_prefix": EXPLANATION_PREFIX,
+        "target_stats": params.llm.target_stats,
         "llm": {"dtype": params.llm.dtype, "device": params.llm.device},
         "serving": params.serving.model_dump(),
         "n_items": pl.read_parquet(dest / "catalogue.parquet").height,
@@ -192,5 +226,5 @@ def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
-__all__ = ["MANIFEST", "catalogue_table", "dir_digest", "dvc_lock_hashes", "git_commit", "read_manifest",
+__all__ = ["MANIFEST", "catalogue_table", "dir_digest", "dvc_lock_hashes", "git_commit", "item_stats", "read_manifest",
            "sha256_file", "users_table", "write_bundle"]
