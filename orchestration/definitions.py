@@ -12,6 +12,7 @@ import dagster as dg
 
 from orchestration.assets import asset_keys, build_assets, build_checks
 from orchestration.dvc_graph import DVC_YAML, load_pipeline
+from orchestration.executors import select_executor
 from orchestration.resources import PROJECT_DIR_ENV, DvcProject, default_dvc_bin
 from orchestration.sensors import build_raw_files_sensor, build_sync_sensor
 
@@ -36,16 +37,19 @@ def build_definitions(project_dir: str | Path | None = None) -> dg.Definitions:
     """Assets (with code versions), blocking GX checks, the ``dvc`` resource, the ``expctr_pipeline`` job
     and the sensors (``dvc_lock_sync`` on, ``raw_files_changed`` off) for a project.
 
-    Every run uses the in-process executor: the stages of one run execute one after another in one
-    process, so they never contend for DVC's repository lock (and no per-step process start-up).
+    The executor comes from ``$EXPCTR_DAGSTER_EXECUTOR`` (:mod:`orchestration.executors`): by default the
+    in-process one (the stages of a run one after another in one process: no contention for DVC's
+    repository lock, no per-step start-up); ``docker`` or ``k8s`` run each step in its own container, still
+    one at a time.
     """
     root = Path(project_dir).resolve() if project_dir is not None else resolve_project_dir()
     pipeline = load_pipeline(root)
+    executor = select_executor(root)
     pipeline_job = dg.define_asset_job(
         JOB_NAME,
         selection=dg.AssetSelection.assets(*asset_keys(pipeline)),
         description=f"Every stage of {root / DVC_YAML} in DVC order, with its blocking GX checks.",
-        executor_def=dg.in_process_executor,
+        executor_def=executor,
     )
     sensors = [build_sync_sensor(pipeline), build_raw_files_sensor(pipeline, pipeline_job)]
     return dg.Definitions(
@@ -54,7 +58,7 @@ def build_definitions(project_dir: str | Path | None = None) -> dg.Definitions:
         jobs=[pipeline_job],
         sensors=[s for s in sensors if s is not None],
         resources={"dvc": DvcProject(project_dir=str(root), dvc_bin=default_dvc_bin())},
-        executor=dg.in_process_executor,
+        executor=executor,
     )
 
 

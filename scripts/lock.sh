@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates the committed lock files with uv:
-#   requirements/project.lock.txt  <- pyproject.toml (dependencies + the `dev` extra) for .venv and the Bento
+#   requirements/project.lock.txt  <- pyproject.toml (dependencies + the `dev` and `containers` extras) for .venv
+#                                     and the Bento
 #   requirements/dvc.lock.txt      <- requirements/dvc.in for DVC's tool venv (.venv-dvc)
 #
 # Without options the versions already in the lock files are kept (uv prefers them) and only what
@@ -26,7 +27,7 @@ trap 'rm -rf "$wheels"' EXIT
 echo "torch==$(ls "$wheels" | sed -n 's/^torch-\([^-]*\)-.*/\1/p')" > "$wheels/torch.txt"
 
 common=(--python-version "$PY" --quiet --annotation-style line)
-"$UV" pip compile pyproject.toml --extra dev --find-links "$wheels" -c "$wheels/torch.txt" \
+"$UV" pip compile pyproject.toml --extra dev --extra containers --find-links "$wheels" -c "$wheels/torch.txt" \
   --no-emit-package torch --custom-compile-command "bash scripts/lock.sh" "${common[@]}" \
   -o requirements/project.lock.txt "$@"
 "$UV" pip compile requirements/dvc.in --custom-compile-command "bash scripts/lock.sh" "${common[@]}" \
