@@ -10,6 +10,12 @@ uses. The total thread budget is split evenly (2 processes x 1 thread vs 1 proce
 so the comparison is processes vs threads on the same cores. Per setting and model it records epoch seconds,
 training rows/s, every process's peak RSS, the bytes of the in-memory training table per process and the bytes
 DDP all-reduces per optimiser step (the dense gradient of every trainable parameter).
+
+From these it predicts one epoch at MovieLens-20M and Amazon Books sizes (the training rows are params.yaml's
+training share of the interactions) on 1 machine and on N machines like this one (--machines): compute
+is rows / (N * r1 * e), where r1 is the 1-process rows/s and e the measured DDP efficiency of the largest
+process count here over 1 process on the same cores (at most 1), plus a ring all-reduce per step of
+2 (N - 1) / N * gradient bytes at --network-gbit. An estimate for planning, labelled as such in the output.
 """
 
 from __future__ import annotations
@@ -81,6 +87,44 @@ def worker(args: argparse.Namespace) -> None:
                 fh.write(json.dumps(row) + "\n")
 
 
+SIZES = {"MovieLens-20M": 20_000_263, "Amazon Books 2014 (reviews)": 22_507_155,
+         "Amazon Books 2018 (ratings)": 51_311_621}  # interactions in the public releases
+
+
+def predict(rows: list[dict], machines: list[int], network_gbit: float, train_share: float) -> dict:
+    """Epoch seconds per model at the public datasets' sizes on 1 and N machines (see the docstring)."""
+    out = {}
+    for model in sorted({r["model"] for r in rows}):
+        by_n = {r["processes"]: r for r in rows if r["model"] == model}
+        if 1 not in by_n:
+            continue
+        one, most = by_n[1], by_n[max(by_n)]
+        measured = most["rows_per_second"] / one["rows_per_second"]  # same cores, processes vs threads
+        # above 1 it is the processes-vs-threads gain on one machine, not something N machines multiply
+        efficiency = min(1.0, measured)
+        step_bytes = 4 * one["trainable_parameters"]
+        per_size = {}
+        for name, n in SIZES.items():
+            train_rows = train_share * n
+            steps = train_rows / one["batch_size"]
+            per_size[name] = {}
+            for m in machines:
+                compute = train_rows / (m * one["rows_per_second"] * (efficiency if m > 1 else 1.0))
+                comm = steps * 2 * (m - 1) / m * step_bytes * 8 / (network_gbit * 1e9)
+                per_size[name][f"{m}_machine{'s' if m > 1 else ''}"] = round(compute + comm, 1)
+        out[model] = {"ddp_efficiency_measured": round(measured, 3), "ddp_efficiency_used": round(efficiency, 3),
+                      "measured_processes": max(by_n), "epoch_seconds": per_size}
+    return {"estimate": True, "network_gbit": network_gbit, "models": out}
+
+
+def train_share() -> float:
+    """The training split's share of the interactions in params.yaml (1 - valid_frac - test_frac)."""
+    from expctr.config import load_params
+
+    f = load_params(ROOT / "params.yaml").features
+    return 1.0 - f.valid_frac - f.test_frac
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--processes", type=int, nargs="+", default=[1, 2])
@@ -92,6 +136,10 @@ def main() -> None:
     ap.add_argument("--train-rows", type=int, default=None, help="use only the first N training rows (smoke runs)")
     ap.add_argument("--features", default=str(ROOT / "data" / "features"))
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--machines", type=int, nargs="+", default=[1, 2, 4, 8],
+                    help="machine counts for the epoch-time prediction")
+    ap.add_argument("--network-gbit", type=float, default=10.0,
+                    help="network bandwidth between machines for the all-reduce estimate")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -114,7 +162,10 @@ def main() -> None:
         subprocess.run(cmd, check=True)
     rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
     rows_file.unlink()
-    out = {"cpu_count": os.cpu_count(), "total_threads": args.total_threads, "runs": rows}
+    out = {"cpu_count": os.cpu_count(), "total_threads": args.total_threads,
+           "command": "bench/ctr_distributed_bench.py " + " ".join(sys.argv[1:]),
+           "smoke_run_only": bool(args.train_rows), "runs": rows,
+           "prediction": predict(rows, args.machines, args.network_gbit, train_share())}
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {args.out}")
 
