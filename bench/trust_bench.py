@@ -51,8 +51,9 @@ from serve_bench import explainer_counts, free_port, start_server, wait_ready
 from expctr.evaluation.faithfulness import TitleIndex, quoted_outside, title_keys, unseen_mentions
 from expctr.evaluation.grounding import grounding
 from expctr.explainer.rewards import stance
-from expctr.llm.prompts import Item, explainer_messages, fit_history, verdict_prefix
+from expctr.llm.prompts import Item
 from expctr.serving.checks import is_one_complete_sentence
+from expctr.serving.prompt import served_prompt
 
 
 class Bundle:
@@ -64,8 +65,9 @@ class Bundle:
         self.manifest = json.loads((path / "manifest.json").read_text())
         cat = pl.read_parquet(path / "catalogue.parquet")
         self.item_ids = cat["item_id"].to_list()
-        self.items = {i: Item(t, y, tuple(g or ())) for i, t, y, g in
-                      zip(self.item_ids, cat["title"].to_list(), cat["year"].to_list(), cat["genres"].to_list())}
+        self.items = {i: Item(t, y, tuple(g or ()), viewers=v, liked_share=s) for i, t, y, g, v, s in
+                      zip(self.item_ids, cat["title"].to_list(), cat["year"].to_list(), cat["genres"].to_list(),
+                          cat["viewers"].to_list(), cat["liked_share"].to_list())}
         self.index = TitleIndex.from_catalogue(cat["title"].to_list(), cat["year"].to_list())
         self.users = {r["user_id"]: list(zip(r["hist_item_id"], r["hist_rating"]))
                       for r in pl.read_parquet(path / "users.parquet").iter_rows(named=True)}
@@ -85,10 +87,7 @@ class Bundle:
 
     def seen(self, history: list[Item], target: Item, positive: bool) -> list[Item]:
         """The part of the history that fit the prompt, as the server builds it."""
-        def build(h, t):
-            return explainer_messages(h, t) + [{"role": "assistant", "content": verdict_prefix(positive)}]
-
-        return fit_history(self.tokenizer, history, target, self.max_prompt_tokens, build=build)
+        return served_prompt(self.tokenizer, history, target, positive, self.max_prompt_tokens)[1]
 
 
 def plan_requests(bundle: Bundle, n_users: int, n_cold: int, n_cand: int, seed: int) -> list[dict]:

@@ -58,6 +58,37 @@ def test_packed_rows_equal_the_training_features(model_pair, tiny_rounds_project
         assert batch["fields"][0, 0].item() == 1  # OOV user
 
 
+def test_served_prompts_are_the_prompts_the_explainer_was_trained_on(model_pair, tiny_rounds_project):
+    """Each test pair replayed as a cold-start request: the served target carries the training statistics its
+    training prompt stated (viewers, smoothed liked share: test pairs come after every training rating), and
+    the served prompt is token for token the training prompt (same fitted history) opened with the verdict."""
+    from expctr.llm.prompts import encode_messages, explainer_messages, fitted_explainer_history
+    from expctr.serving.prompt import served_prompt
+
+    p = model_pair
+    p.load_explainer()
+    tok, budget = p._explainer[1], int(p.manifest["max_prompt_tokens"])
+    pairs = pl.read_parquet(tiny_rounds_project / "data" / "llm_pairs" / "test.parquet")
+    stated = 0
+    for r in pairs.iter_rows(named=True):
+        target = p.items[p.item_row[r["item_id"]]]
+        assert target.viewers == r["target"]["viewers"], r["item_id"]
+        assert target.liked_share == pytest.approx(r["target"]["liked_share"]), r["item_id"]
+        stated += target.viewers > 0
+        history = [{"item_id": p.item_ids[c], "rating": 5.0 if k == 2 else 1.0}
+                   for c, k in zip(r["hist_item_code"], r["hist_click"]) if k != 0]
+        user = p.resolve_user(ExplainRequest(history=history, item_id=r["item_id"])) if history else None
+        served_history = p._history_items(user.history) if user else []
+        for positive in (True, False):
+            trained = fitted_explainer_history(tok, r["history"], r["target"], budget)
+            want = encode_messages(tok, explainer_messages(trained, r["target"])
+                                   + [{"role": "assistant", "content": verdict_prefix(positive)}])
+            assert served_prompt(tok, served_history, target, positive, budget)[0] == want
+            reception = "viewers so far." if target.viewers else "Nobody has rated it yet."
+            assert reception in tok.decode(want)
+    assert stated, "no test target had training ratings: the reception line was never checked"
+
+
 def test_ctr_only_ranks_by_the_id_model(model_pair):
     p = model_pair
     uid = next(iter(p.users))

@@ -11,6 +11,10 @@ probability is returned when it stays on the same side of the threshold, otherwi
 the verdict) is returned and `p_source` says so: a text-dependent score never overrides the verdict it was
 computed from, and no explanation is generated twice to chase it.
 
+The prompt is the one the explainer was trained on (`expctr.serving.prompt.served_prompt`): the same fitted
+history, and a target carrying the statistics training prompts state about it (viewers and smoothed share of
+likes over the training ratings, computed when the bundle is packaged).
+
 Each explanation is checked (`expctr.serving.checks`: one complete sentence, only the pair's titles, a
 grounded reason); one that fails is written again once (sampled; twice the token cap if it was cut) and the
 better try is returned with its flags. Explanations are cached, identical ones in flight are coalesced and concurrent
@@ -36,13 +40,14 @@ from expctr.data.features import HIST_CLICK_NO, HIST_CLICK_YES, OOV, PAD, SCALAR
 from expctr.evaluation.faithfulness import TitleIndex
 from expctr.explainer.rl import load_explainer
 from expctr.llm.base_model import set_threads
-from expctr.llm.prompts import Item, encode_messages, explainer_messages, fit_history, verdict_prefix
+from expctr.llm.prompts import Item, verdict_prefix
 from expctr.serving.batcher import ExplanationBatcher, Job
 from expctr.serving.bundle import read_manifest
 from expctr.serving.cache import ExplanationCache, explanation_key
 from expctr.serving.checks import ExplanationChecks, check_explanation, finished_text
 from expctr.serving.errors import DuplicateIds, InvalidRequest, LimitExceeded, UnknownId
 from expctr.serving.prefix_generation import generate_shared_prefix
+from expctr.serving.prompt import served_prompt
 from expctr.serving.schemas import (
     ExplainRequest,
     ExplainResponse,
@@ -125,8 +130,10 @@ class ModelPair:
         cat = pl.read_parquet(self.dir / "catalogue.parquet")
         self.item_ids: list[str] = cat["item_id"].to_list()
         self.item_row = {item: i for i, item in enumerate(self.item_ids)}
-        self.items = [Item(title=t, year=y, genres=tuple(g or ())) for t, y, g in
-                      zip(cat["title"].to_list(), cat["year"].to_list(), cat["genres"].to_list())]
+        # targets carry the training statistics the explainer's prompt states (see expctr.serving.bundle)
+        self.items = [Item(title=t, year=y, genres=tuple(g or ()), viewers=v, liked_share=s) for t, y, g, v, s in
+                      zip(cat["title"].to_list(), cat["year"].to_list(), cat["genres"].to_list(),
+                          cat["viewers"].to_list(), cat["liked_share"].to_list())]
         self.item_idx = cat["item_idx"].to_numpy().astype(np.int64)
         self.decade_idx = cat["decade_idx"].to_numpy().astype(np.int64)
         self.genre_idx = np.array(cat["genre_idx"].to_list(), dtype=np.int64).reshape(len(cat), self.g)
@@ -264,23 +271,6 @@ class ModelPair:
             out.append(Item(it.title, it.year, it.genres, liked))
         return out
 
-    def _prompt(self, history: list[Item], target: Item, opening: str) -> tuple[list[int], list[Item]]:
-        """The prompt's token ids (exactly the ids `rendered_prompt`'s text stands for) and the history in it.
-
-        Tokenising is a real share of a cold request on a CPU (a chat-template render plus an encode of ~350
-        tokens each), so the whole history is tried first and `fit_history`'s search runs only when it does
-        not fit the budget; the ids go to the generator as they are, not re-tokenised from text."""
-        def build(h, t):
-            return explainer_messages(h, t) + [{"role": "assistant", "content": opening}]
-
-        tok = self._explainer[1]
-        budget = int(self.manifest["max_prompt_tokens"])
-        ids = encode_messages(tok, build(history, target))
-        if len(ids) <= budget:
-            return ids, history
-        fitted = fit_history(tok, history, target, budget, build=build)
-        return encode_messages(tok, build(fitted, target)), fitted
-
     def _write(self, prompts: list[list[int]], openings: list[str], groups: list, seeds: list[int], sample: bool,
                caps: list[int] | None = None) -> list[str]:
         """One generation batch (rows of one history share their prefill); each row's shipped text."""
@@ -295,8 +285,9 @@ class ModelPair:
         reqs: list[_Request] = [j.payload for j in jobs]
         openings = [verdict_prefix(r.positive) for r in reqs]
         targets = [self.items[r.row] for r in reqs]
-        prompts, fitted = zip(*(self._prompt(self._history_items(r.history), t, o)
-                                for r, t, o in zip(reqs, targets, openings)))
+        budget = int(self.manifest["max_prompt_tokens"])
+        prompts, fitted = zip(*(served_prompt(self._explainer[1], self._history_items(r.history), t, r.positive,
+                                              budget) for r, t in zip(reqs, targets)))
         groups = [r.history for r in reqs]
         texts = self._write(list(prompts), openings, groups, [r.seed for r in reqs], sample=False)
         checks: list[ExplanationChecks] = [check_explanation(t, fitted[j], targets[j], self.title_index)
