@@ -74,7 +74,7 @@ def materialize(root: Path, executor: str, image: str | None = None) -> str:
     if image:
         env.update({STAGE_IMAGE_ENV: image, DOCKER_MOUNTS_ENV: str(SHARED_CACHE)})  # the dataset wheel cache
     proc = sh([VENV_BIN / "dagster", "asset", "materialize", "-m", "orchestration.definitions", "--select", ASSETS],
-              root, env)
+              root, env, timeout=3600)  # minutes on an idle machine; a loaded one is many times slower
     out = proc.stdout + proc.stderr
     assert "RUN_SUCCESS" in out, out[-5000:]
     return out
