@@ -28,10 +28,17 @@ DVC = str(VENV_BIN / "dvc")
 
 
 def run_stages(root: Path) -> list[str]:
-    """The stages the tiny run produced (dvc.yaml has three rounds; the tiny run stops at `rounds`)."""
-    rounds = yaml.safe_load((root / "params.yaml").read_text())["rounds"]
-    return ["raw_data", "features", "ctr_model", "base_llm", "llm_pairs",
-            *(f"explainer_round_{k}" for k in range(1, rounds + 1))]
+    """The stages of dvc.yaml the tiny run produced, in dvc.yaml's order: those whose outputs all exist (it
+    stops at `rounds` rounds and before the report; `bento` has no outputs)."""
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    produced = [name for name, body in stages.items()
+                if body.get("outs") and all((root / _path(out)).exists() for out in body["outs"])]
+    assert "explainer_round_1" in produced, produced
+    return produced
+
+
+def _path(out: str | dict) -> str:
+    return out if isinstance(out, str) else next(iter(out))
 
 
 def sh(cmd: list[str], cwd: Path, env: dict) -> str:
