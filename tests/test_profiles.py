@@ -73,7 +73,8 @@ def test_profile_written_into_params_validates(tmp_path):
     subprocess.run([sys.executable, SCRIPT, REPO_ROOT / "profiles" / "multi-gpu.yaml", "--params", params,
                     "--write"], check=True)
     p = load_params(params)
-    assert p.llm.dtype == "bfloat16" and p.rl.bf16 and p.pairs.test == 2000 and p.distributed.num_processes == 4
+    assert p.llm.dtype == "bfloat16" and p.rl.bf16 and p.pairs.test == profile_params(REPO_ROOT / "profiles" / "gpu.yaml").pairs.test
+    assert p.distributed.num_processes == 4 and p.distributed.stages == ["ctr_model", "explainer_rl"]
     assert p.data.dataset == "ml-1m"  # untouched sections kept
 
 

@@ -8,7 +8,8 @@ runs differ only by float summation order (which Adam can amplify for a weight w
 Broken data parallelism moves the weights by the size of the update itself (~1e-3 here): the processes would
 each take whole batches, or not synchronise. A GRPO reason step under 2 processes runs too (TRL splits each
 generation batch over the processes); its sampled completions differ from one process's, so it is checked for
-running and writing once, not for equality.
+running and writing once, not for equality. LoRA dropout is off here: its masks are drawn per process by design
+(`distributed.rank_seed`), so with dropout the runs differ by the draws, not by the arithmetic under test.
 """
 
 from __future__ import annotations
@@ -34,14 +35,15 @@ from expctr.llm.prompts import EXPLANATION_PREFIX
 from expctr.paths import ProjectPaths
 
 pytestmark = pytest.mark.multiprocess
-TOL = 2e-5  # adapter tensors (LoRA A/B entries are ~1e-2..1e-1; one verdict update moves them by ~1e-3)
+REL_TOL = 0.1  # of how far training moved the adapter: measured 4.8e-5 for a move of 1.0e-3 (Adam turns a
+# near-zero gradient's summation noise into a step of up to lr); broken data parallelism differs by the move itself
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_real_project: Path, base_model_dir: Path) -> Path:
     root = tmp_path_factory.mktemp("rl2")
     make_params(root, **{"distributed.num_processes": 2, "distributed.stages": ["explainer_rl"],
-                         "llm.threads": 1, "llm.max_prompt_tokens": 176, "rl.verdict_batch_size": 4,
+                         "llm.threads": 1, "llm.max_prompt_tokens": 176, "rl.lora_dropout": 0.0, "rl.verdict_batch_size": 4,
                          "rl.prompts_per_step": 2, "rl.num_generations": 2, "rl.max_completion_length": 8,
                          "data.cache_dir": str(REPO_ROOT / ".cache" / "expctr")})
     (root / "models").mkdir()
@@ -83,7 +85,7 @@ def test_verdict_step_on_two_processes_equals_one(project: Path, monkeypatch):
     assert set(a) == set(b)
     diff = max(float((a[k] - b[k]).abs().max()) for k in a)
     moved = max(float(a[k].abs().max()) for k in a if "lora_B" in k)  # lora_B starts at 0: how far training went
-    assert moved > 1e-4 and diff < TOL, (moved, diff)
+    assert moved > 1e-4 and diff < REL_TOL * moved, (moved, diff)
     steps_one, steps_two = one["verdict_steps"], two["verdict_steps"]
     assert len(steps_one) == len(steps_two) == 2  # 8 prompts in batches of 4, whatever the process count
     for x, y in zip(steps_one, steps_two):

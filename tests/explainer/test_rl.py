@@ -36,7 +36,7 @@ from expctr.explainer.rl import (
 from expctr.llm.base_model import load_model, load_tokenizer
 from expctr.llm.prompts import encode_messages
 
-MAX_PROMPT_TOKENS = 200  # below the full 10-item history's prompt: fitting must drop items
+MAX_PROMPT_TOKENS = 150  # below the full 10-item history's prompt: fitting must drop items
 RL = RLParams(prompts_per_step=2, num_generations=2, max_completion_length=12)
 LLM = LLMParams(threads=THREADS, max_prompt_tokens=MAX_PROMPT_TOKENS)
 

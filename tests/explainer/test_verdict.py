@@ -24,6 +24,7 @@ from expctr.explainer.verdict import (
     verdict_target,
     verdict_token_ids,
 )
+from expctr.llm.base_model import load_tokenizer
 from expctr.llm.prompts import EXPLANATION_PREFIX, judge_messages, verdict_sentence
 
 HIST = [{"title": "Toy Story", "year": 1995, "genres": ["Animation", "Comedy"], "liked": True},
@@ -32,6 +33,11 @@ TARGETS = [{"title": t, "year": 1995, "genres": g} for t, g in
            [("Babe", ["Comedy"]), ("Casino", ["Crime", "Drama"]), ("Balto", ["Animation"]), ("Nixon", ["Drama"])]]
 ID_COLS = {"user_idx": 2, "item_idx": 3, "gender_idx": 2, "age_idx": 2, "occupation_idx": 2, "decade_idx": 2,
            "genre_idx": [2, 0], "hist_item_idx": [3, 4], "hist_click": [2, 1]}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(base_model_dir):
+    return load_tokenizer(base_model_dir)
 
 
 def pairs_frame(labels, p_id, pos, neg) -> pl.DataFrame:
@@ -72,13 +78,15 @@ def test_verdict_rewards_are_the_stage_reward_of_the_bare_verdicts(tokenizer):
     dataset = build_prompt_dataset(frame, tokenizer, 176, EXPLANATION_PREFIX)
     judge = no_judge()
     lc = LCReward(judge, kind="prob", name="lc")
-    rp, rn = verdict_rewards(stage_reward("lc", _weights(), lc=lc, fmt=FormatReward()), judge, dataset)
+    # as the rounds build it: the bare verdict sentences carry no reason, so the format part is off
+    weights = _weights().model_copy(update={"format_weight": 0.0})
+    rp, rn = verdict_rewards(stage_reward("lc", weights, lc=lc, fmt=FormatReward()), judge, dataset)
     y, jp, jn = np.array([1, 0, 1, 0]), frame["judge_p_yes_pos"].to_numpy(), frame["judge_p_yes_neg"].to_numpy()
     assert rp == pytest.approx(np.where(y == 1, jp, 1 - jp).tolist())
     assert rn == pytest.approx(np.where(y == 1, jn, 1 - jn).tolist())
     ic = ICAgreementReward(lc, kind="prob", name="ic")
     label_free = build_prompt_dataset(frame.drop("label"), tokenizer, 176, EXPLANATION_PREFIX)
-    rp, rn = verdict_rewards(stage_reward("ic", _weights(), lc=lc, ic=ic, fmt=FormatReward()), judge, label_free)
+    rp, rn = verdict_rewards(stage_reward("ic", weights, lc=lc, ic=ic, fmt=FormatReward()), judge, label_free)
     t = frame["p_id"].to_numpy()
     assert rp == pytest.approx((t * jp + (1 - t) * (1 - jp)).tolist())
     assert rn == pytest.approx((t * jn + (1 - t) * (1 - jn)).tolist())

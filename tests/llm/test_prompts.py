@@ -62,7 +62,9 @@ def test_evidence_line_counts_liked_and_disliked_movies_sharing_a_genre():
             "movies (Animation, Children's, Musical) and no disliked movie.") in text
     heist = Item("Heat 2", 2000, ("Action", "Drama"))
     assert "with 0" not in _user_text(explainer_messages(HISTORY, heist))
-    assert "3 disliked movies (Action, Drama)" in _user_text(explainer_messages(HISTORY, heist))
+    # Babe (Drama) is liked; Heat, GoldenEye (Action), Casino, Nixon (Drama) are disliked
+    assert ("It shares genres with 1 liked movie (Drama) and 4 disliked movies (Action, Drama)."
+            in _user_text(explainer_messages(HISTORY, heist)))
     assert "shares genres" not in _user_text(explainer_messages(HISTORY, Item("Untyped")))
 
 

@@ -521,7 +521,13 @@ def run_rl_stage(
     started = time.perf_counter()
     tokenizer = load_tokenizer(base_model_dir)
     model = load_model(base_model_dir, dtype=llm.dtype, device=llm.device)
+    import torch
+
+    from expctr.distributed import rank_seed
+
+    torch.manual_seed(int(seed))  # a fresh adapter's LoRA init comes from the seed, the same on every process
     policy = attach_adapter(model, rl, init_adapter_dir)
+    torch.manual_seed(rank_seed(int(seed)))  # dropout draws: per process (process 0 keeps the 1-process seed)
     summary: dict[str, Any] = {"n_trainable_params": _check_only_lora_trainable(policy), "seed": int(seed)}
     verdict_logs: list[dict[str, Any]] = []
     if verdict_dataset is not None:

@@ -330,7 +330,8 @@ def _csv_value(v):
 
 def make_figures(ev: Evaluation, labels: np.ndarray, predictors: list[Predictor], rounds: list[dict]) -> dict:
     base_style = {"id_only": ("#555555", "-"), "zero_shot_judge": ("#8c564b", ":"),
-                  "rule_share_liked": ("#bcbd22", "-."), "rule_genre_overlap": ("#17becf", "-.")}
+                  "rule_share_liked": ("#bcbd22", "-."), "rule_genre_overlap": ("#17becf", "-."),
+                  "rule_item_liked_share": ("#e377c2", "-.")}
     by_key = _by_key(ev.pair_rows)
     curves = []
     for p in predictors:
