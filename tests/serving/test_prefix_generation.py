@@ -34,7 +34,9 @@ def test_same_text_as_plain_batched_generation(llm):
     model, tok = llm
     prompts = prompts_for(tok, HISTORY)
     enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    assert common_prefix_len(enc) > 0.5 * min(map(len, enc))  # history and system text are shared
+    # the system text and the whole history (everything before the target line) are shared
+    head = tok(prompts[0][:prompts[0].index("Target:")], add_special_tokens=False)["input_ids"]
+    assert common_prefix_len(enc) >= len(head) - 1 > 0.3 * min(map(len, enc))
     plain = generate(model, tok, prompts, max_new_tokens=16, batch_size=4, progress=False)
     shared = generate_shared_prefix(model, tok, prompts, max_new_tokens=16)
     assert shared.raw_texts == plain.raw_texts

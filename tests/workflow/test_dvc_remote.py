@@ -28,11 +28,12 @@ DVC = str(VENV_BIN / "dvc")
 
 
 def run_stages(root: Path) -> list[str]:
-    """The stages of dvc.yaml the tiny run produced, in dvc.yaml's order: those whose outputs all exist (it
-    stops at `rounds` rounds and before the report; `bento` has no outputs)."""
+    """The stages of dvc.yaml the tiny run produced, in dvc.yaml's order: those whose outputs and metrics all
+    exist (it stops at `rounds` rounds and before the report; `bento` has no outputs)."""
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     produced = [name for name, body in stages.items()
-                if body.get("outs") and all((root / _path(out)).exists() for out in body["outs"])]
+                if body.get("outs") and all((root / _path(out)).exists()
+                                            for out in body["outs"] + body.get("metrics", []))]
     assert "explainer_round_1" in produced, produced
     return produced
 
@@ -56,7 +57,7 @@ def env(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def origin(tiny_rounds_project: Path, tmp_path_factory, env) -> tuple[Path, Path]:
+def origin(tiny_rounds_project: Path, tiny_real_project: Path, tmp_path_factory, env) -> tuple[Path, Path]:
     """A git + DVC repo holding the tiny run, pushed to a local-directory remote."""
     root = tmp_path_factory.mktemp("dvc_origin")
     remote = tmp_path_factory.mktemp("dvc_remote")
@@ -67,6 +68,9 @@ def origin(tiny_rounds_project: Path, tmp_path_factory, env) -> tuple[Path, Path
     shutil.copy(tiny_rounds_project / "params.yaml", root / "params.yaml")
     for sub in ("data", "models", "metrics"):
         shutil.copytree(tiny_rounds_project / sub, root / sub)
+    for f in (tiny_real_project / "metrics").iterdir():  # raw_data / features ran in the tiny slice's project
+        if not (root / "metrics" / f.name).exists():
+            shutil.copy(f, root / "metrics" / f.name)
     sh(["git", "init", "-q"], root, env)
     sh([DVC, "init", "-q"], root, env)
     # links instead of copies between the cache and the workspace (DVC's setting for large artifacts; a clone
