@@ -52,6 +52,16 @@ def start_server(target: str, port: int, workdir: Path | None, log_path: Path) -
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def stop_server(proc: subprocess.Popen | None) -> None:
+    """Stop a server `start_server` began (None: a server the caller did not start, left running)."""
+    if proc is not None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> float:
     started = time.perf_counter()
     while time.perf_counter() - started < timeout:
@@ -171,12 +181,7 @@ def main() -> None:
                            "explain_candidates": args.explain_candidates, "explain_pool": args.explain_pool,
                            "cold_slates": args.cold_slates, "max_seconds": args.max_seconds, "seed": args.seed}
     finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_server(proc)
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(res, indent=2) + "\n")
     tmp.replace(args.out)

@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -46,7 +45,7 @@ from tqdm.auto import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serve_bench import explainer_counts, free_port, start_server, wait_ready
+from serve_bench import explainer_counts, free_port, start_server, stop_server, wait_ready
 
 from expctr.evaluation.faithfulness import TitleIndex, quoted_outside, title_keys, unseen_mentions
 from expctr.evaluation.grounding import grounding
@@ -227,12 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         cached = send_all(url, plans, "cached")
         counts = explainer_counts(url)
     finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_server(proc)
     summary, rows = check_items(bundle, plans, cold)
     errors = Counter(str(s) for _, s, _ in cold + cached if s != 200)
     res = {
