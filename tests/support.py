@@ -73,3 +73,13 @@ def copy_project_tree(dest: Path) -> None:
     for name in ("dvc.yaml", "params.yaml", "pyproject.toml"):
         shutil.copy(REPO_ROOT / name, dest / name)
     shutil.copytree(REPO_ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+
+
+def toy_feature_map(history_len: int, genres: int):
+    """A small FeatureMap (5 users, 7 items, a few side-feature values) for CTR model and trainer tests."""
+    from expctr.data.features import FeatureMap
+
+    vocab = lambda n, p: {f"{p}{i}": i + 2 for i in range(n)}
+    return FeatureMap({"user": vocab(5, "u"), "item": vocab(7, "i"), "gender": vocab(2, "g"), "age": vocab(3, "a"),
+                       "occupation": vocab(4, "o"), "decade": vocab(2, "d"), "genre": vocab(3, "x")},
+                      history_len, genres, 4.0)

@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from support import toy_feature_map
 from torch import nn
 
 from expctr.config import CTRParams
@@ -24,9 +25,7 @@ def _one_thread():
 
 
 def toy_fmap() -> FeatureMap:
-    vocab = lambda n, p: {f"{p}{i}": i + 2 for i in range(n)}
-    return FeatureMap({"user": vocab(5, "u"), "item": vocab(7, "i"), "gender": vocab(2, "g"), "age": vocab(3, "a"),
-                       "occupation": vocab(4, "o"), "decade": vocab(2, "d"), "genre": vocab(3, "x")}, K, G, 4.0)
+    return toy_feature_map(K, G)
 
 
 def toy_data(n: int, seed: int = 0) -> CTRData:
