@@ -23,6 +23,7 @@ from typing import Any
 import anyio
 import bentoml
 import numpy as np
+import prometheus_client  # at service import, as bentoml.metrics did: after BentoML set PROMETHEUS_MULTIPROC_DIR
 from bentoml.models import BentoModel
 
 from expctr.config import ServingParams
@@ -101,17 +102,17 @@ class RequestGuard:
         return await self.app(scope, replay, send)
 
 
-BATCH_ROWS = bentoml.metrics.Histogram(name="expctr_ctr_batch_rows", documentation="Rows per CTR forward pass",
-                                       buckets=(1, 10, 50, 100, 200, 400, 800, 1600, 3200, 6400))
-BATCH_REQUESTS = bentoml.metrics.Histogram(name="expctr_ctr_batch_requests",
-                                           documentation="Requests merged into one CTR forward pass",
-                                           buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32))
+BATCH_ROWS = prometheus_client.Histogram("expctr_ctr_batch_rows", "Rows per CTR forward pass",
+                                        buckets=(1, 10, 50, 100, 200, 400, 800, 1600, 3200, 6400))
+BATCH_REQUESTS = prometheus_client.Histogram("expctr_ctr_batch_requests",
+                                            "Requests merged into one CTR forward pass",
+                                            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32))
 
 
-EXPLAINER = bentoml.metrics.Gauge(name="expctr_explainer", labelnames=["count"],
-                                  documentation="Explanations since start by how they were obtained (cache, "
-                                  "coalesced with an identical one in flight, generated), generation batches, "
-                                  "largest batch (rows)")
+EXPLAINER = prometheus_client.Gauge("expctr_explainer", labelnames=["count"],
+                                   documentation="Explanations since start by how they were obtained (cache, "
+                                   "coalesced with an identical one in flight, generated), generation batches, "
+                                   "largest batch (rows)")
 
 
 def _export(pair: ModelPair) -> None:

@@ -10,7 +10,6 @@ itself. The remote is a local directory; an S3-compatible one differs only in `d
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -25,6 +24,25 @@ from support import REPO_ROOT, VENV_BIN, copy_project_tree
 pytestmark = pytest.mark.slow
 
 DVC = str(VENV_BIN / "dvc")
+
+# Loads a copy's bento/service.py and asks /predict for five catalogue items of its first user; prints the
+# answer as one line after SERVED.
+SERVE_PULLED = """
+import importlib.util, json, os, sys
+from pathlib import Path
+import bentoml, polars as pl
+from starlette.testclient import TestClient
+spec = importlib.util.spec_from_file_location("expctr_bento_service_pulled", sys.argv[1])
+service = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = service  # pydantic resolves the service's annotations through its module
+spec.loader.exec_module(service)
+bundle = Path(bentoml.models.get(os.environ["EXPCTR_MODEL_TAG"]).path)
+user = pl.read_parquet(bundle / "users.parquet")["user_id"][0]
+items = pl.read_parquet(bundle / "catalogue.parquet")["item_id"].to_list()[:5]
+with TestClient(service.ExpCTR.to_asgi(), raise_server_exceptions=False) as http:
+    r = http.post("/predict", json={"user_id": user, "candidates": items})
+print("SERVED", json.dumps({"status": r.status_code, "asked": items, "body": r.json()}))
+"""
 
 
 def run_stages(root: Path) -> list[str]:
@@ -85,7 +103,7 @@ def origin(tiny_rounds_project: Path, tiny_real_project: Path, tmp_path_factory,
     return root, remote
 
 
-def test_push_clone_pull_then_nothing_to_reproduce(origin, tmp_path, env, monkeypatch):
+def test_push_clone_pull_then_nothing_to_reproduce(origin, tmp_path, env):
     root, remote = origin
     stages, last = run_stages(root), run_stages(root)[-1]
     lock = yaml.safe_load((root / "dvc.lock").read_text())
@@ -118,22 +136,11 @@ def test_push_clone_pull_then_nothing_to_reproduce(origin, tmp_path, env, monkey
     assert {p: p.stat().st_mtime_ns for p in (clone / "models").rglob("*") if p.is_file()} == before
     assert json.loads(sh([DVC, "status", "--json", *stages], clone, env).strip().splitlines()[-1]) == {}
 
-    # serving from the packaged pull: the real service over ASGI, bound to the model just registered
-    import bentoml
-    import polars as pl
-    from starlette.testclient import TestClient
-
-    monkeypatch.setenv("EXPCTR_MODEL_TAG", record["model_tag"])
-    monkeypatch.setenv("EXPCTR_LOAD_EXPLAINER", "0")  # ID scoring is enough to show the pulled pair serves
-    spec = importlib.util.spec_from_file_location("expctr_bento_service_pulled", clone / "bento" / "service.py")
-    service = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = service  # pydantic resolves the service's annotations through its module
-    spec.loader.exec_module(service)
-    bundle = Path(bentoml.models.get(record["model_tag"]).path)
-    user = pl.read_parquet(bundle / "users.parquet")["user_id"][0]
-    items = pl.read_parquet(bundle / "catalogue.parquet")["item_id"].to_list()[:5]
-    with TestClient(service.ExpCTR.to_asgi(), raise_server_exceptions=False) as http:
-        r = http.post("/predict", json={"user_id": user, "candidates": items})
-    assert r.status_code == 200, r.text
-    assert sorted(it["item_id"] for it in r.json()["items"]) == sorted(items)
-    assert r.json()["versions"]["model"] == record["versions"]["model"]
+    # serving from the packaged pull: the real service over ASGI, bound to the model just registered, in its own
+    # interpreter (a second BentoML app in this one would re-register BentoML's Prometheus metrics)
+    out = sh([sys.executable, "-c", SERVE_PULLED, str(clone / "bento" / "service.py")], clone,
+             {**env, "EXPCTR_MODEL_TAG": record["model_tag"], "EXPCTR_LOAD_EXPLAINER": "0"})  # ID scoring suffices
+    served = json.loads(next(line for line in out.splitlines() if line.startswith("SERVED "))[len("SERVED "):])
+    assert served["status"] == 200, served
+    assert sorted(it["item_id"] for it in served["body"]["items"]) == sorted(served["asked"])
+    assert served["body"]["versions"]["model"] == record["versions"]["model"]
