@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from serve_bench import explainer_counts, free_port, start_server, stop_server, wait_ready
 
+from expctr.config import ServingParams
 from expctr.evaluation.faithfulness import TitleIndex, quoted_outside, title_keys, unseen_mentions
 from expctr.evaluation.grounding import grounding
 from expctr.explainer.rewards import stance
@@ -73,6 +74,8 @@ class Bundle:
         self.threshold = float(self.manifest["click_threshold"])
         self.k = int(self.manifest["history_len"])
         self.max_prompt_tokens = int(self.manifest["max_prompt_tokens"])
+        # the server's opening mode: its packaged serving params (defaults where they predate a setting)
+        self.opening = ServingParams.model_validate(self.manifest.get("serving", {})).reason_opening
         self.tokenizer = load_tokenizer(path / "llm" / "base")
 
     def history(self, rated: list[tuple[str, float]]) -> list[Item]:
@@ -86,7 +89,7 @@ class Bundle:
 
     def seen(self, history: list[Item], target: Item, positive: bool) -> list[Item]:
         """The part of the history that fit the prompt, as the server builds it."""
-        return served_prompt(self.tokenizer, history, target, positive, self.max_prompt_tokens)[1]
+        return served_prompt(self.tokenizer, history, target, positive, self.max_prompt_tokens, self.opening)[1]
 
 
 def plan_requests(bundle: Bundle, n_users: int, n_cold: int, n_cand: int, seed: int) -> list[dict]:

@@ -159,6 +159,11 @@ class ServingParams(_Strict):
     max_body_bytes: int = Field(default=65536, ge=1024)
     explanation_cache_size: int = Field(default=4096, ge=0)
     max_new_tokens: int = Field(default=40, ge=4)
+    # how the explainer's turn is opened (expctr.serving.prompt): verdict | anchored (verdict, title, anchor item)
+    reason_opening: Literal["verdict", "anchored"] = "anchored"
+    # the explainer's weights when served on a CPU: auto = bfloat16 where the CPU computes it natively
+    # (oneDNN: AVX-512 BF16 / AMX; measured 1.6x faster prefill, 2x faster decoding), else float32
+    explainer_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     gen_batch_size: int = Field(default=10, ge=1)
     max_batch_size: int = Field(default=4096, ge=1)  # adaptive batching of CTR scoring (rows)
     max_latency_ms: int = Field(default=2000, ge=1)  # requests predicted to wait longer get a 503: generous

@@ -19,6 +19,9 @@ from expctr.llm.prompts import Item, explainer_messages
          "The user will enjoy Airplane! because it is silly."),
         ("Rated 3.5 stars on average! Next", "Rated 3.5 stars on average!"),
         ('They will enjoy "Fargo." It is dark.', 'They will enjoy "Fargo."'),
+        ('They will enjoy "L.A. Confidential" as a crime film. Next', 'They will enjoy "L.A. Confidential" as a crime film.'),
+        ("They will enjoy L.A. Confidential. Next", "They will enjoy L.A. Confidential."),
+        ('They liked "What? Me Worry" and "Airplane!" Yes.', 'They liked "What? Me Worry" and "Airplane!"'),
         ("\nFirst line without a stop\nsecond line", "First line without a stop"),
         ("no end at all", "no end at all"),
         ("Ends at the end.", "Ends at the end."),
@@ -34,6 +37,10 @@ def test_sentence_end_waits_for_next_token_while_generating():
     assert sentence_end("The user will like it.", final=True) == len("The user will like it.")
     assert sentence_end("The user will like it. The", final=False) == len("The user will like it.")
     assert sentence_end("The user will like Dr. Strangelove", final=False) is None
+    # a title's own punctuation, quoted or a dotted initialism, is not the sentence's end (served texts were
+    # cut at 'enjoy "L.A.' and flagged complete)
+    assert sentence_end('The user will probably enjoy "L.A. Conf', final=False) is None
+    assert sentence_end("The user will probably enjoy L.A. Conf", final=False) is None
 
 
 HISTORY = [

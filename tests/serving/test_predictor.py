@@ -61,9 +61,10 @@ def test_packed_rows_equal_the_training_features(model_pair, tiny_rounds_project
 def test_served_prompts_are_the_prompts_the_explainer_was_trained_on(model_pair, tiny_rounds_project):
     """Each test pair replayed as a cold-start request: the served target carries the training statistics its
     training prompt stated (viewers, smoothed liked share: test pairs come after every training rating), and
-    the served prompt is token for token the training prompt (same fitted history) opened with the verdict."""
-    from expctr.llm.prompts import encode_messages, explainer_messages, fitted_explainer_history
-    from expctr.serving.prompt import served_prompt
+    the served prompt is token for token the training prompt (same fitted history) opened with the served
+    opening (the verdict, the title, the anchor chosen from that history)."""
+    from expctr.llm.prompts import as_item, encode_messages, explainer_messages, fitted_explainer_history
+    from expctr.serving.prompt import reason_anchor, served_opening, served_prompt
 
     p = model_pair
     p.load_explainer()
@@ -81,9 +82,11 @@ def test_served_prompts_are_the_prompts_the_explainer_was_trained_on(model_pair,
         served_history = p._history_items(user.history) if user else []
         for positive in (True, False):
             trained = fitted_explainer_history(tok, r["history"], r["target"], budget)
+            opening = served_opening(positive, target, reason_anchor([as_item(h) for h in trained], target, positive))
             want = encode_messages(tok, explainer_messages(trained, r["target"])
-                                   + [{"role": "assistant", "content": verdict_prefix(positive)}])
-            assert served_prompt(tok, served_history, target, positive, budget)[0] == want
+                                   + [{"role": "assistant", "content": opening}])
+            assert served_prompt(tok, served_history, target, positive, budget) == (
+                want, [as_item(h) for h in trained], opening)
             reception = "viewers so far." if target.viewers else "Nobody has rated it yet."
             assert reception in tok.decode(want)
     assert stated, "no test target had training ratings: the reception line was never checked"
@@ -171,7 +174,8 @@ def _stance_ok(item) -> bool:
     positive = item.p_click >= DECISION_THRESHOLD
     return (item.stance == ("enjoy" if positive else "not_enjoy") and item.stance_source == "score"
             and item.explanation.startswith(verdict_prefix(positive) + " ")
-            and stance(item.explanation) == (1 if positive else -1))
+            and stance(item.explanation) == (1 if positive else -1)
+            and (item.anchor is None or f'"{item.anchor}"' in item.explanation))
 
 
 def test_every_explanation_takes_the_stance_of_its_returned_probability(model_pair):
@@ -218,6 +222,8 @@ def test_a_failing_explanation_is_regenerated_once_then_flagged(model_pair, monk
         return [f"{opening} it {script[row][1 if sample else 0]}" for row, opening in zip(rows, openings)]
 
     monkeypatch.setattr(p, "_write", scripted)
+    # the bare verdict opening: an anchored one names a history item itself, so the scripted reasons would pass
+    monkeypatch.setattr(p, "limits", p.limits.model_copy(update={"reason_opening": "verdict"}))
     p.cache._data.clear()
     out = p.explanations(user, targets, [True, False, True, False])
     assert calls == [(False, 4), (True, 3)]

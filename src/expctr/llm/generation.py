@@ -23,17 +23,28 @@ _ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "vo
                             "i.e", "approx", "prof", "gen", "lt", "col", "sgt", "capt"})
 
 
+_INITIALISM_RE = re.compile(r"(?:[a-z]\.)+[a-z]")  # "l.a" of "L.A.", "u.s" of "U.S." (the last dot is the match)
+
+
 def _is_abbreviation(before: str) -> bool:
     word = before.rsplit(None, 1)[-1] if before.strip() else ""
     word = word.lstrip("\"'(‘“[").lower()
-    return word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha())
+    return word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()) or bool(_INITIALISM_RE.fullmatch(word))
+
+
+def _inside_quote(before: str, terminator: str) -> bool:
+    """The terminator stands inside an open double-quoted span ("L.A. Confidential") and does not close it:
+    a title's punctuation, not the sentence's."""
+    opened = before.count('"') % 2 == 1 or before.count("“") > before.count("”")
+    return opened and not any(q in terminator for q in ('"', "”"))
 
 
 def sentence_end(text: str, final: bool = True) -> int | None:
     """Index just past the first sentence's end in `text`, or None if it has not ended (yet).
 
     A sentence ends at a newline after some content, or at . ! ? (plus closing quotes) followed by
-    whitespace and a non-lowercase character ("Airplane! because" and "Dr. No" do not end it). With
+    whitespace and a non-lowercase character ("Airplane! because" and "Dr. No" do not end it). Punctuation
+    inside an open quoted title ("L.A. Confidential", "Dude, Where's My Car? The") does not end it. With
     `final=False` (text still being generated) a terminator at the very end is undecided; with
     `final=True` it ends the sentence.
     """
@@ -45,6 +56,8 @@ def sentence_end(text: str, final: bool = True) -> int | None:
         if single_dot and _is_abbreviation(text[start:m.start()]):
             continue
         rest = text[m.end():limit]
+        if rest.strip() and _inside_quote(text[start:m.start()], m.group()):
+            continue
         if not rest.strip():
             if newline >= 0 or final:
                 return m.end()

@@ -27,9 +27,12 @@ _ENDS_SENTENCE = re.compile(r"[.!?]+[\"'\u201d\u2019)\]]*$")
 
 
 def is_one_complete_sentence(text: str) -> bool:
-    """One sentence that ends with . ! or ? (closing quotes allowed) and nothing after it."""
+    """One sentence that ends with . ! or ? (closing quotes allowed), nothing after it, and every quoted
+    title closed (`enjoy "L.A.` is a fragment, not a sentence)."""
     t = str(text or "").strip()
-    return bool(t) and "\n" not in t and bool(_ENDS_SENTENCE.search(t)) and sentence_end(t, final=True) == len(t)
+    closed = t.count('"') % 2 == 0 and t.count("\u201c") == t.count("\u201d")
+    return (bool(t) and "\n" not in t and closed and bool(_ENDS_SENTENCE.search(t))
+            and sentence_end(t, final=True) == len(t))
 
 
 def finished_text(raw: str, prefix: str, stopped_by_itself: bool) -> str:

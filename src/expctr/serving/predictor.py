@@ -6,7 +6,8 @@ scores packed rows with the ID model, and `explanations` writes one sentence per
 
 Explanations agree with the score they are returned with. The ID model's probability decides the verdict
 (p >= DECISION_THRESHOLD: "will probably enjoy") and the explainer's assistant turn is opened with it
-(`verdict_prefix`), so the explainer writes only the reason. ExpCTR-Aug then reads the explanation; its
+(`expctr.serving.prompt.served_opening`: by default also the target's title and, when one shares a genre with
+it, a history item on the verdict's side as the reason's anchor), so the explainer writes only the reason. ExpCTR-Aug then reads the explanation; its
 probability is returned when it stays on the same side of the threshold, otherwise the ID model's (which chose
 the verdict) is returned and `p_source` says so: a text-dependent score never overrides the verdict it was
 computed from, and no explanation is generated twice to chase it.
@@ -47,7 +48,7 @@ from expctr.serving.cache import ExplanationCache, explanation_key
 from expctr.serving.checks import ExplanationChecks, check_explanation, finished_text
 from expctr.serving.errors import DuplicateIds, InvalidRequest, LimitExceeded, UnknownId
 from expctr.serving.prefix_generation import generate_shared_prefix
-from expctr.serving.prompt import served_prompt
+from expctr.serving.prompt import reason_anchor, served_prompt
 from expctr.serving.schemas import (
     ExplainRequest,
     ExplainResponse,
@@ -91,6 +92,7 @@ class Explained:
     grounded: bool
     complete: bool
     regenerated: bool
+    anchor: str | None  # the history title the served opening named (None: the explainer chose the reason)
     embedding: np.ndarray  # all-MiniLM-L6-v2 embedding of `text` (what ExpCTR-Aug reads)
     cached: bool = False
 
@@ -103,6 +105,23 @@ class _Request:
     row: int
     positive: bool
     seed: int
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX-512 BF16 or AMX: oneDNN then runs bfloat16 matmuls natively (elsewhere they are emulated, slower)."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(probe()) for probe in probes if probe is not None)
+
+
+def explainer_dtype(setting: str, device: str, packaged: str) -> str:
+    """The dtype the explainer is served in: the setting, or for `auto` the packaged one off the CPU and on a
+    CPU bfloat16 where it is native (measured on the served pair: 1.6x faster prefill, 2x faster decoding;
+    the trust bench's checks hold), else float32."""
+    if setting != "auto":
+        return setting
+    if device != "cpu":
+        return packaged
+    return "bfloat16" if cpu_has_native_bf16() else "float32"
 
 
 def _duplicates(values: list[str]) -> list[str]:
@@ -161,7 +180,8 @@ class ModelPair:
         """Load the explainer (base + merged adapter) and the sentence encoder; idempotent."""
         with self._load_lock:
             if self._explainer is None:
-                llm = LLMParams(dtype=self.manifest["llm"]["dtype"], device=self.device, threads=self.limits.threads)
+                dtype = explainer_dtype(self.limits.explainer_dtype, self.device, self.manifest["llm"]["dtype"])
+                llm = LLMParams(dtype=dtype, device=self.device, threads=self.limits.threads)
                 self._explainer = load_explainer(self.dir / "llm" / "base", self.dir / "llm" / "adapter", llm)
             if self._encoder is None:
                 from sentence_transformers import SentenceTransformer
@@ -283,11 +303,13 @@ class ModelPair:
     def _explain_batch(self, jobs: list[Job]) -> list[Explained]:
         """Write, check, retry once what fails, embed: one batch of jobs (any users), holding the explainer."""
         reqs: list[_Request] = [j.payload for j in jobs]
-        openings = [verdict_prefix(r.positive) for r in reqs]
         targets = [self.items[r.row] for r in reqs]
         budget = int(self.manifest["max_prompt_tokens"])
-        prompts, fitted = zip(*(served_prompt(self._explainer[1], self._history_items(r.history), t, r.positive,
-                                              budget) for r, t in zip(reqs, targets)))
+        prompts, fitted, openings = zip(*(served_prompt(self._explainer[1], self._history_items(r.history), t,
+                                                        r.positive, budget, self.limits.reason_opening)
+                                          for r, t in zip(reqs, targets)))
+        anchors = [reason_anchor(h, t, r.positive) if self.limits.reason_opening == "anchored" else None
+                   for h, t, r in zip(fitted, targets, reqs)]
         groups = [r.history for r in reqs]
         texts = self._write(list(prompts), openings, groups, [r.seed for r in reqs], sample=False)
         checks: list[ExplanationChecks] = [check_explanation(t, fitted[j], targets[j], self.title_index)
@@ -302,7 +324,8 @@ class ModelPair:
                 if c.score > checks[j].score:  # the better try; the first one on a tie
                     texts[j], checks[j] = text, c
         emb = self._embed(texts)
-        return [Explained(texts[j], reqs[j].positive, c.faithful, c.grounded, c.complete, j in bad, emb[j])
+        return [Explained(texts[j], reqs[j].positive, c.faithful, c.grounded, c.complete, j in bad,
+                          anchors[j].title if anchors[j] is not None else None, emb[j])
                 for j, c in enumerate(checks)]
 
     def explanations(self, user: UserContext, rows: list[int], positives: list[bool]) -> list[Explained]:
@@ -317,7 +340,7 @@ class ModelPair:
         hist_key = [(self.item_ids[r], liked) for r, liked in user.history]
         jobs = []
         for row, positive in zip(rows, positives, strict=True):
-            opening = verdict_prefix(positive)
+            opening = f"{verdict_prefix(positive)}|{self.limits.reason_opening}"  # fixes the served opening
             key = explanation_key(hist_key, self.item_ids[row], self._version, opening)
             jobs.append(Job(key, _Request(user.history, row, bool(positive), int(key[:8], 16))))
         return [dataclasses.replace(o.value, cached=True) if o.how == "cache" else o.value
@@ -380,10 +403,11 @@ class ModelPair:
             extra = {} if e is None else {
                 "explanation": e.text, "stance": "enjoy" if e.positive else "not_enjoy", "stance_source": "score",
                 "faithful": e.faithful, "grounded": e.grounded, "complete": e.complete,
-                "regenerated": e.regenerated, "cached": e.cached}
+                "regenerated": e.regenerated, "cached": e.cached, "anchor": e.anchor}
             out.append(ScoredItem(item_id=self.item_ids[rows[j]], title=self.items[rows[j]].title, rank=rank,
                                   p_click=float(probs[j]), p_source=sources[j], **extra))
         return out
 
 
-__all__ = ["COLD_START", "DECISION_THRESHOLD", "Explained", "ModelPair", "Prepared", "UserContext"]
+__all__ = ["COLD_START", "DECISION_THRESHOLD", "Explained", "ModelPair", "Prepared", "UserContext",
+           "explainer_dtype"]

@@ -67,6 +67,9 @@ class ScoredItem(BaseModel):
     complete: bool | None = Field(default=None, description="False: not exactly one complete sentence (e.g. cut "
                                   "at the token cap), even after one regeneration.")
     regenerated: bool = Field(default=False, description="The first text failed a check and was written again.")
+    anchor: str | None = Field(default=None, description="The history title the service opened the reason with "
+                               "(on the verdict's side, sharing most genres with the item; the explainer wrote the rest); "
+                               "null when the explainer chose the whole reason.")
     cached: bool = False
 
 
