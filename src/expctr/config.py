@@ -162,7 +162,7 @@ class ServingParams(_Strict):
     # how the explainer's turn is opened (expctr.serving.prompt): verdict | anchored (verdict, title, anchor item)
     reason_opening: Literal["verdict", "anchored"] = "anchored"
     # the explainer's weights when served on a CPU: auto = bfloat16 where the CPU computes it natively
-    # (oneDNN: AVX-512 BF16 / AMX; measured 1.6x faster prefill, 2x faster decoding), else float32
+    # (oneDNN: AVX-512 BF16 / AMX; bench/opening_bench.py: prefill and decoding 1.6-2x faster), else float32
     explainer_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     gen_batch_size: int = Field(default=10, ge=1)
     max_batch_size: int = Field(default=4096, ge=1)  # adaptive batching of CTR scoring (rows)

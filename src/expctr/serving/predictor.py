@@ -115,7 +115,7 @@ def cpu_has_native_bf16() -> bool:
 
 def explainer_dtype(setting: str, device: str, packaged: str) -> str:
     """The dtype the explainer is served in: the setting, or for `auto` the packaged one off the CPU and on a
-    CPU bfloat16 where it is native (measured on the served pair: 1.6x faster prefill, 2x faster decoding;
+    CPU bfloat16 where it is native (bench/opening_bench.py: prefill and decoding 1.6-2x faster;
     the trust bench's checks hold), else float32."""
     if setting != "auto":
         return setting
