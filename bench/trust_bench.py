@@ -89,7 +89,8 @@ class Bundle:
 
     def seen(self, history: list[Item], target: Item, positive: bool) -> list[Item]:
         """The part of the history that fit the prompt, as the server builds it."""
-        return served_prompt(self.tokenizer, history, target, positive, self.max_prompt_tokens, self.opening)[1]
+        return served_prompt(self.tokenizer, history, target, positive, self.max_prompt_tokens,
+                             self.opening).history
 
 
 def plan_requests(bundle: Bundle, n_users: int, n_cold: int, n_cand: int, seed: int) -> list[dict]:

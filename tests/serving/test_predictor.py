@@ -82,11 +82,12 @@ def test_served_prompts_are_the_prompts_the_explainer_was_trained_on(model_pair,
         served_history = p._history_items(user.history) if user else []
         for positive in (True, False):
             trained = fitted_explainer_history(tok, r["history"], r["target"], budget)
-            opening = served_opening(positive, target, reason_anchor([as_item(h) for h in trained], target, positive))
+            anchor = reason_anchor([as_item(h) for h in trained], target, positive)
+            opening = served_opening(positive, target, anchor)
             want = encode_messages(tok, explainer_messages(trained, r["target"])
                                    + [{"role": "assistant", "content": opening}])
             assert served_prompt(tok, served_history, target, positive, budget) == (
-                want, [as_item(h) for h in trained], opening)
+                want, [as_item(h) for h in trained], opening, anchor)
             reception = "viewers so far." if target.viewers else "Nobody has rated it yet."
             assert reception in tok.decode(want)
     assert stated, "no test target had training ratings: the reception line was never checked"

@@ -6,8 +6,9 @@ scores packed rows with the ID model, and `explanations` writes one sentence per
 
 Explanations agree with the score they are returned with. The ID model's probability decides the verdict
 (p >= DECISION_THRESHOLD: "will probably enjoy") and the explainer's assistant turn is opened with it
-(`expctr.serving.prompt.served_opening`: by default also the target's title and, when one shares a genre with
-it, a history item on the verdict's side as the reason's anchor), so the explainer writes only the reason. ExpCTR-Aug then reads the explanation; its
+(`expctr.serving.prompt.served_opening`: by default also the target's title and a history item on the
+verdict's side as the reason's anchor), so the explainer writes only the reason. ExpCTR-Aug then reads the
+explanation; its
 probability is returned when it stays on the same side of the threshold, otherwise the ID model's (which chose
 the verdict) is returned and `p_source` says so: a text-dependent score never overrides the verdict it was
 computed from, and no explanation is generated twice to chase it.
@@ -48,7 +49,7 @@ from expctr.serving.cache import ExplanationCache, explanation_key
 from expctr.serving.checks import ExplanationChecks, check_explanation, finished_text
 from expctr.serving.errors import DuplicateIds, InvalidRequest, LimitExceeded, UnknownId
 from expctr.serving.prefix_generation import generate_shared_prefix
-from expctr.serving.prompt import reason_anchor, served_prompt
+from expctr.serving.prompt import served_prompt
 from expctr.serving.schemas import (
     ExplainRequest,
     ExplainResponse,
@@ -305,11 +306,9 @@ class ModelPair:
         reqs: list[_Request] = [j.payload for j in jobs]
         targets = [self.items[r.row] for r in reqs]
         budget = int(self.manifest["max_prompt_tokens"])
-        prompts, fitted, openings = zip(*(served_prompt(self._explainer[1], self._history_items(r.history), t,
-                                                        r.positive, budget, self.limits.reason_opening)
-                                          for r, t in zip(reqs, targets)))
-        anchors = [reason_anchor(h, t, r.positive) if self.limits.reason_opening == "anchored" else None
-                   for h, t, r in zip(fitted, targets, reqs)]
+        prompts, fitted, openings, anchors = zip(*(
+            served_prompt(self._explainer[1], self._history_items(r.history), t, r.positive, budget,
+                          self.limits.reason_opening) for r, t in zip(reqs, targets)))
         groups = [r.history for r in reqs]
         texts = self._write(list(prompts), openings, groups, [r.seed for r in reqs], sample=False)
         checks: list[ExplanationChecks] = [check_explanation(t, fitted[j], targets[j], self.title_index)

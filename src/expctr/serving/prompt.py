@@ -7,7 +7,8 @@ EXPLANATION_PREFIX, fits the budget), and the assistant turn is then opened by t
 - `verdict`:  the verdict the score chose, `The user will probably enjoy`; the explainer writes the rest.
 - `anchored`: the verdict, the target's title, `because` and a history item on the verdict's side
   (`reason_anchor`: the one sharing most genres with the target): `, like "That Item",` (or `, as with
-  "That Item",` when none shares a genre); the explainer writes the reason from there. Measured on the served pair (bench/trust_bench.py, README): the small explainer left to itself
+  "That Item",` when none shares a genre); the explainer writes the reason from there. Measured on the
+  served pair (bench/trust_bench.py, bench/opening_bench.py, README): the small explainer left to itself
   names a history item or a shared genre in about half of its reasons and often writes a history title where
   the target belongs; opened at the anchor it names the item the user actually rated, and most reasons pass
   the checks at the first try, so the guard's second generation pass is mostly skipped.
@@ -18,7 +19,7 @@ Neither opening changes training or the ExpCTR-LLM evaluation, which read the ex
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from expctr.llm.prompts import (
     MAX_TITLE_CHARS,
@@ -59,25 +60,34 @@ def served_opening(positive: bool, target: Item, anchor: Item | None, opening: O
     return text
 
 
+class ServedPrompt(NamedTuple):
+    """What the explainer is given for one served explanation."""
+
+    ids: list[int]  # exactly the tokens `rendered_prompt`'s text stands for: the generator takes them as they are
+    history: list[Item]  # the part of the history in the prompt
+    opening: str  # the assistant turn's opening (`served_opening`)
+    anchor: Item | None  # the history item the opening names (None: the explainer chooses the whole reason)
+
+
 def served_prompt(tokenizer, history: Sequence[Item], target: Item, positive: bool, max_prompt_tokens: int,
-                  opening: Opening = "anchored") -> tuple[list[int], list[Item], str]:
-    """(token ids of the prompt, the history in it, the assistant opening). The ids are exactly those
-    `rendered_prompt`'s text stands for, so the generator takes them as they are; the anchor is chosen from
-    the history in the prompt.
+                  opening: Opening = "anchored") -> ServedPrompt:
+    """The prompt for one served explanation; the anchor is chosen from the history in the prompt.
 
     Tokenising is a real share of a cold request on a CPU, so the whole history is tried first: when the
     prompt with the (longer) served opening fits, the EXPLANATION_PREFIX one fits too and the search is not
     needed. Otherwise the fitted history's prompt may exceed the budget by the opening's extra tokens, as the
     prompts the explainer was trained on may by the verdict's."""
-    history = list(history)
-    text = served_opening(positive, target, reason_anchor(history, target, positive), opening)
-    ids = encode_messages(tokenizer, explainer_messages(history, target) + [{"role": "assistant", "content": text}])
-    if len(ids) <= max_prompt_tokens:
-        return ids, history, text
-    fitted = fitted_explainer_history(tokenizer, history, target, max_prompt_tokens)
-    text = served_opening(positive, target, reason_anchor(fitted, target, positive), opening)
-    return encode_messages(tokenizer, explainer_messages(fitted, target)
-                           + [{"role": "assistant", "content": text}]), fitted, text
+
+    def build(items: list[Item]) -> ServedPrompt:
+        anchor = reason_anchor(items, target, positive) if opening == "anchored" else None
+        text = served_opening(positive, target, anchor, opening)
+        ids = encode_messages(tokenizer, explainer_messages(items, target) + [{"role": "assistant", "content": text}])
+        return ServedPrompt(ids, items, text, anchor)
+
+    whole = build(list(history))
+    if len(whole.ids) <= max_prompt_tokens:
+        return whole
+    return build(fitted_explainer_history(tokenizer, whole.history, target, max_prompt_tokens))
 
 
-__all__ = ["Opening", "reason_anchor", "served_opening", "served_prompt"]
+__all__ = ["Opening", "ServedPrompt", "reason_anchor", "served_opening", "served_prompt"]
