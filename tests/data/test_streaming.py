@@ -252,6 +252,17 @@ def test_gx_results_merged_over_user_partitions_equal_one_run_over_the_table():
     assert merged["suites"][0]["rows"] == n
 
 
+@pytest.mark.parametrize("dtype", [pl.Int8, pl.Int16, pl.Int32, pl.UInt32, pl.Int64, pl.Float32, pl.Float64])
+def test_between_check_reports_the_same_rows_and_values_whatever_the_column_width(dtype):
+    # Narrow columns are widened to 64 bits for GX (its vectorised path); what it finds must not change.
+    values = [3, 0, 120, 7, None, 121, 5]
+    suites = {"t": [Check("ExpectColumnValuesToBeBetween", {"column": "x", "min_value": 1, "max_value": 100})]}
+    result = run_suites({"t": pl.DataFrame({"x": pl.Series(values, dtype=dtype)})}, suites, max_examples=5)
+    row = result["suites"][0]["results"][0]
+    assert (row["success"], row["unexpected_count"], row["example_rows"]) == (False, 3, [1, 2, 5])
+    assert [float(v) for v in row["examples"]] == [0.0, 120.0, 121.0]
+
+
 def test_gx_refuses_to_merge_a_uniqueness_check_that_chunks_could_break():
     suites = {"t": [Check("ExpectColumnValuesToBeUnique", {"column": "item_id"})]}
     run = SuiteRun(suites, max_examples=5)

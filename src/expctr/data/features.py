@@ -256,7 +256,8 @@ class FeatureBuilder:
         feat = inter.join(self.users, on="user_id", how="left", maintain_order="left").join(
             catalogue.select("item_id", "decade", "genres"), on="item_id", how="left", maintain_order="left"
         )
-        hist_code = (np.stack(feat["hist_item_code"].to_numpy()) if feat.height
+        # an Array column: to_numpy() is already (N, k); np.stack would copy it row by row
+        hist_code = (feat["hist_item_code"].to_numpy().reshape(-1, params.history_len) if feat.height
                      else np.zeros((0, params.history_len), np.int32))
         hist_idx = np.where(hist_code >= 0, self._item_idx_by_code[np.maximum(hist_code, 0)], PAD).astype(np.int32)
         old, new = self._codes["genre"]
