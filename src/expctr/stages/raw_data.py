@@ -74,27 +74,43 @@ def sampled_users(counts: pl.DataFrame, max_users: int | None, seed: int) -> pl.
     return users.gather(np.sort(np.random.default_rng(seed).choice(len(users), max_users, replace=False)))
 
 
-def summarise(interactions: pl.LazyFrame, items: pl.DataFrame, users: pl.DataFrame) -> dict:
-    """Row counts and distributions of the written tables (streaming aggregates over the interactions)."""
-    totals, ratings = pl.collect_all([
-        interactions.select(
-            pl.len().alias("rows"), pl.col("user_id").n_unique().alias("users"),
-            pl.col("item_id").n_unique().alias("items"),
-            pl.col("rating").cast(pl.Float64).sum().alias("rating_sum"),  # exact for ratings like 4 or 4.5
-            pl.col("timestamp").min().alias("ts_min"), pl.col("timestamp").max().alias("ts_max"),
-        ),
-        interactions.group_by("rating").agg(pl.len().alias("n")).sort("rating"),
-    ], engine="streaming")
-    t = totals.row(0, named=True)
-    return {
-        "rows": {"interactions": t["rows"], "items": items.height, "users": users.height},
-        "distinct_users": t["users"],
-        "distinct_items": t["items"],
-        "rating_mean": t["rating_sum"] / t["rows"] if t["rows"] else 0.0,
-        "rating_counts": {str(k): v for k, v in ratings.iter_rows()},
-        "timestamp_min": int(t["ts_min"] or 0),
-        "timestamp_max": int(t["ts_max"] or 0),
-    }
+class InteractionSummary:
+    """Row counts and distributions of the written interactions, accumulated batch by batch as they are
+    written. Why not a pass over the finished file: polars' distinct counts over every id string held them
+    all in memory (4.8 GiB at 100 M interactions, the stage's peak). Exact: the counts are integers and the
+    rating sum is exact in float64 for ratings like 4 or 4.5, whatever the order."""
+
+    def __init__(self) -> None:
+        self.rows, self.rating_sum = 0, 0.0
+        self.ts_min: int | None = None
+        self.ts_max: int | None = None
+        self.items = pl.Series("item_id", [], dtype=pl.Utf8)
+        self.rating_counts: dict = {}
+
+    def add(self, df: pl.DataFrame) -> None:
+        if not df.height:
+            return
+        t = df.select(pl.col("rating").cast(pl.Float64).sum().alias("s"), pl.col("timestamp").min().alias("lo"),
+                      pl.col("timestamp").max().alias("hi")).row(0, named=True)
+        self.rows += df.height
+        self.rating_sum += t["s"]
+        self.ts_min = min(v for v in (self.ts_min, t["lo"]) if v is not None) if t["lo"] is not None else self.ts_min
+        self.ts_max = max(v for v in (self.ts_max, t["hi"]) if v is not None) if t["hi"] is not None else self.ts_max
+        self.items = pl.concat([self.items, df["item_id"].cast(pl.Utf8).unique()]).unique()
+        for rating, n in df.group_by("rating").agg(pl.len()).iter_rows():
+            self.rating_counts[rating] = self.rating_counts.get(rating, 0) + n
+
+    def result(self, distinct_users: int, items: pl.DataFrame, users: pl.DataFrame) -> dict:
+        ratings = sorted(self.rating_counts, key=lambda r: (r is not None, r))  # as sort(): nulls first
+        return {
+            "rows": {"interactions": self.rows, "items": items.height, "users": users.height},
+            "distinct_users": distinct_users,
+            "distinct_items": self.items.len(),
+            "rating_mean": self.rating_sum / self.rows if self.rows else 0.0,
+            "rating_counts": {str(k): self.rating_counts[k] for k in ratings},
+            "timestamp_min": int(self.ts_min or 0),
+            "timestamp_max": int(self.ts_max or 0),
+        }
 
 
 def run(params: Params, paths: ProjectPaths) -> dict:
@@ -127,10 +143,11 @@ def run(params: Params, paths: ProjectPaths) -> dict:
                               params.validation.max_examples)
         appender = ParquetAppender(out / "interactions.parquet", int(counts["n"].sum()), chunk, work / "groups")
         spill = PartitionSpill(work / "partitions", partitions, chunk)
-        row = 0
+        row, summary = 0, InteractionSummary()
         for df in parsed:
             df = select(df)
             appender.append(df)
+            summary.add(df)
             spill.add(df.with_columns(pl.int_range(row, row + df.height, dtype=pl.Int64).alias(ROW)))
             row += df.height
         parsed.remove()
@@ -150,8 +167,7 @@ def run(params: Params, paths: ProjectPaths) -> dict:
         appender.close()
         items.write_parquet(out / "items.parquet")
         users.write_parquet(out / "users.parquet")
-        summary = summarise(pl.scan_parquet(out / "interactions.parquet"), items, users)
-    metrics = {**summary, "provenance": provenance, "validation_success": result["success"],
+    metrics = {**summary.result(counts.height, items, users), "provenance": provenance, "validation_success": result["success"],
                "seconds": round(time.perf_counter() - started, 3)}
     write_json(paths.metric("raw_data.json"), metrics)
     return metrics
