@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -80,6 +82,22 @@ def step_times(home: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+def summary(runs: list[dict]) -> dict:
+    """Per executor: median run wall time, and per step the median launch->success and start-up seconds."""
+    out: dict = {}
+    for executor in ("in_process", "docker"):
+        rows = [r for r in runs if r["executor"] == executor]
+        if not rows:
+            continue
+        steps = sorted({s for r in rows for s in r["steps"]})
+        out[executor] = {
+            "wall_s_median": statistics.median(r["wall_s"] for r in rows),
+            "steps": {s: {k: statistics.median(r["steps"][s][k] for r in rows if s in r["steps"])
+                          for k in ("launch_to_success_s", "startup_s")} for s in steps},
+        }
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -90,7 +108,9 @@ def main() -> None:
     args = ap.parse_args()
 
     image = args.image or sh(["bash", ROOT / "docker" / "build_stage_image.sh"], ROOT).strip().splitlines()[-1]
-    results: dict = {"max_users": args.max_users, "image": image, "runs": []}
+    results: dict = {"command": "bench/stage_executor_bench.py " + " ".join(
+                         a for a in sys.argv[1:] if not a.startswith("--out")),
+                     "cpu_count": os.cpu_count(), "max_users": args.max_users, "image": image, "runs": []}
     for run in range(args.runs):
         for executor in ("in_process", "docker"):
             with tempfile.TemporaryDirectory(prefix="expctr-exec-bench-") as tmp:
@@ -113,6 +133,7 @@ def main() -> None:
                         sh(["docker", "rm", "-f", *ids], root)
                 print(row, flush=True)
                 results["runs"].append(row)
+    results["summary"] = summary(results["runs"])
     write_json(args.out, results)
     print(f"wrote {args.out.relative_to(ROOT)}")
 
