@@ -11,11 +11,5 @@ uv venv -q /app/.venv-dvc
 uv pip install --python /app/.venv-dvc/bin/python -r "$src/requirements/dvc.lock.txt"
 ln -sf /app/.venv-dvc/bin/dvc /app/.venv/bin/dvc
 uv cache clean -q || true
-# bytecode for both venvs: BentoML installs with uv, which writes none, and a container starts from the image
-# every time, so without it each start recompiles what the service imports (seconds before /readyz)
-for venv in /app/.venv /app/.venv-dvc; do
-  "$venv/bin/python" -m compileall -q -j 0 "$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
-    >/dev/null 2>&1 || true  # a file this Python cannot compile (torch's 3.12-only test helpers) stays lazy
-done
 /app/.venv/bin/expctr --help >/dev/null
 /app/.venv/bin/dvc --version
