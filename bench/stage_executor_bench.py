@@ -91,8 +91,8 @@ def summary(runs: list[dict]) -> dict:
             continue
         steps = sorted({s for r in rows for s in r["steps"]})
         out[executor] = {
-            "wall_s_median": statistics.median(r["wall_s"] for r in rows),
-            "steps": {s: {k: statistics.median(r["steps"][s][k] for r in rows if s in r["steps"])
+            "wall_s_median": round(statistics.median(r["wall_s"] for r in rows), 2),
+            "steps": {s: {k: round(statistics.median(r["steps"][s][k] for r in rows if s in r["steps"]), 2)
                           for k in ("launch_to_success_s", "startup_s")} for s in steps},
         }
     return out
