@@ -87,7 +87,12 @@ def test_ml1m_in_partitions_writes_the_bytes_of_the_in_memory_stages(ml1m_in_par
     metrics = without_timing(root / "metrics" / "features.json")
     assert metrics["rows"] == {"train": 800_164, "valid": 100_024, "test": 100_021}
     assert metrics["label_rate"]["test"] == 0.5444056748082903  # as recorded in metrics/features.json
-    assert json.loads((root / "metrics" / "raw_data.json").read_text())["rating_mean"] == 3.581564453029317
+    summary = json.loads((root / "metrics" / "raw_data.json").read_text())  # accumulated batch by batch
+    assert summary["rating_mean"] == 3.581564453029317  # as recorded by the one-pass in-memory summary
+    assert summary["rows"] == {"interactions": 1_000_209, "items": 3883, "users": 6040}
+    assert (summary["distinct_users"], summary["distinct_items"]) == (6040, 3706)
+    assert summary["rating_counts"] == {"1.0": 56174, "2.0": 107557, "3.0": 261197, "4.0": 348971, "5.0": 226310}
+    assert (summary["timestamp_min"], summary["timestamp_max"]) == (956703932, 1046454590)
 
 
 def test_tiny_slice_matches_the_recorded_in_memory_output(tiny_real_project: Path):
