@@ -23,11 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench_common import peak_rss_gib_per_process, recorded_command, run_settings, worker_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "ctr_distributed.json"
@@ -36,7 +36,6 @@ RESULTS = ROOT / "bench" / "results" / "ctr_distributed.json"
 def worker(args: argparse.Namespace) -> None:
     """One process of a setting (launched): train each model, rank 0 appends one JSON row per model."""
     import polars as pl
-    import torch
 
     from expctr import distributed
     from expctr.config import load_params
@@ -45,9 +44,7 @@ def worker(args: argparse.Namespace) -> None:
     from expctr.ctr.trainer import fit
     from expctr.data.features import FeatureMap
 
-    world = distributed.world_size()
-    threads = max(1, args.total_threads // world)
-    torch.set_num_threads(threads)
+    world, threads = worker_threads(args.total_threads)
     params = load_params(ROOT / "params.yaml")
     p = params.ctr.model_copy(update={"max_epochs": args.epochs, "patience": args.epochs + 1, "threads": threads,
                                       "device": args.device})
@@ -65,13 +62,7 @@ def worker(args: argparse.Namespace) -> None:
         res = fit(model, train, valid, p, params.seed, desc=f"{name} x{world}", data_parallel=True)
         wall = time.perf_counter() - started
         trainable = sum(t.numel() for t in model.parameters() if t.requires_grad)
-        rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-        if world > 1:
-            from accelerate.utils import gather_object
-
-            rss = gather_object([rss_gib])
-        else:
-            rss = [rss_gib]
+        rss = peak_rss_gib_per_process()
         if distributed.is_main_process():
             epoch_s = [row["seconds"] for row in res.curve]
             row = {"processes": world, "threads_per_process": threads, "device": args.device, "model": name,
@@ -146,24 +137,13 @@ def main() -> None:
         return worker(args)
     if not (Path(args.features) / "feature_map.json").exists():
         sys.exit(f"{args.features} not found: run `dvc repro features` first")
-    from expctr import distributed
-    from expctr.config import DistributedParams
-
     rows_file = Path(args.out).with_suffix(".rows.jsonl")
-    rows_file.parent.mkdir(parents=True, exist_ok=True)
-    rows_file.unlink(missing_ok=True)
     program = [str(Path(__file__).resolve()), "--worker", "--out", str(rows_file), "--models", *args.models,
                "--epochs", str(args.epochs), "--total-threads", str(args.total_threads), "--device", args.device,
                "--features", args.features] + (["--train-rows", str(args.train_rows)] if args.train_rows else [])
-    for n in args.processes:
-        cmd = [sys.executable, *program] if n == 1 else distributed.launch_command(
-            DistributedParams(num_processes=n), program)
-        print(f"== {n} process(es): {' '.join(cmd)}", flush=True)
-        subprocess.run(cmd, check=True)
-    rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
-    rows_file.unlink()
+    rows = run_settings(args.processes, program, rows_file)
     out = {"cpu_count": os.cpu_count(), "total_threads": args.total_threads,
-           "command": "bench/ctr_distributed_bench.py " + " ".join(sys.argv[1:]),
+           "command": recorded_command("ctr_distributed_bench.py", sys.argv[1:]),
            "smoke_run_only": bool(args.train_rows), "runs": rows,
            "prediction": predict(rows, args.machines, args.network_gbit, train_share())}
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import polars as pl
 import yaml
+from bench_common import recorded_command
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {  # interactions in the public releases (GroupLens README; McAuley lab dataset pages)
@@ -138,19 +139,6 @@ def predict(rows: list[dict], machines: list[int]) -> dict:
     return out
 
 
-def _without_paths(argv: list[str]) -> list[str]:
-    """The command line as recorded in the versioned results: scratch and output paths left out."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in ("--tmp", "--out"):
-            skip = True
-        elif not arg.startswith(("--tmp=", "--out=")):
-            out.append(arg)
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scales", type=int, nargs="+", default=[1, 10, 25, 100],
@@ -187,7 +175,7 @@ def main() -> None:
             rows.append(result)
     report = {"cpu_count": os.cpu_count(), "python": sys.version.split()[0], "polars": pl.__version__,
               "quick_check_only": bool(args.first_users),
-              "command": "bench/features_bench.py " + " ".join(_without_paths(sys.argv[1:])), "runs": rows,
+              "command": recorded_command("features_bench.py", sys.argv[1:]), "runs": rows,
               "prediction": predict(rows, args.machines)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

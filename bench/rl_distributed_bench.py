@@ -24,11 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from bench_common import peak_rss_gib_per_process, recorded_command, run_settings, worker_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "rl_distributed.json"
@@ -37,7 +37,6 @@ RESULTS = ROOT / "bench" / "results" / "rl_distributed.json"
 def worker(args: argparse.Namespace) -> None:
     """One process of a setting (launched): run the stage; process 0 appends one JSON row."""
     import polars as pl
-    import torch
 
     from expctr import distributed
     from expctr.config import load_params
@@ -47,9 +46,7 @@ def worker(args: argparse.Namespace) -> None:
     from expctr.llm.prompts import EXPLANATION_PREFIX
     from expctr.paths import ProjectPaths
 
-    world = distributed.world_size()
-    threads = max(1, args.total_threads // world)
-    torch.set_num_threads(threads)
+    world, threads = worker_threads(args.total_threads)
     params = load_params(ROOT / "params.yaml")
     llm = params.llm.model_copy(update={"threads": threads})
     params = params.model_copy(update={"llm": llm})
@@ -65,13 +62,7 @@ def worker(args: argparse.Namespace) -> None:
     result = run_rl_stage(paths.base_llm, Path(args.scratch) / "adapter", reward, params.rl, llm, params.seed,
                           verdict_dataset=verdict, verdict_rewards=rewards, reason_pairs=reason,
                           reason_steps=args.reason_steps)
-    rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-    if world > 1:
-        from accelerate.utils import gather_object
-
-        rss = gather_object([rss_gib])
-    else:
-        rss = [rss_gib]
+    rss = peak_rss_gib_per_process()
     if not distributed.is_main_process():
         return
     s = result["summary"]
@@ -118,26 +109,14 @@ def main() -> None:
     for need in (ROOT / "models" / "base_llm", ROOT / "data" / "llm_pairs" / "train.parquet"):
         if not need.exists():
             sys.exit(f"{need.relative_to(ROOT)} not found: run `dvc repro llm_pairs` first")
-    from expctr import distributed
-    from expctr.config import DistributedParams
-
     rows_file = Path(args.out).with_suffix(".rows.jsonl")
-    rows_file.parent.mkdir(parents=True, exist_ok=True)
-    rows_file.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="expctr-rl-bench-") as scratch:
         program = [str(Path(__file__).resolve()), "--worker", "--out", str(rows_file), "--scratch", scratch,
                    "--verdict-prompts", str(args.verdict_prompts), "--reason-steps", str(args.reason_steps),
                    "--total-threads", str(args.total_threads)]
-        for n in args.processes:
-            cmd = [sys.executable, *program] if n == 1 else distributed.launch_command(
-                DistributedParams(num_processes=n), program)
-            print(f"== {n} process(es)", flush=True)
-            subprocess.run(cmd, check=True)
-    rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
-    rows_file.unlink()
+        rows = run_settings(args.processes, program, rows_file)
     out = {"cpu_count": os.cpu_count(), "total_threads": args.total_threads,
-           "command": "bench/rl_distributed_bench.py " + " ".join(
-               a for a in sys.argv[1:] if not a.startswith("--out")),
+           "command": recorded_command("rl_distributed_bench.py", sys.argv[1:]),
            "runs": rows, "speedup_over_1_process": speedups(rows)}
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out["speedup_over_1_process"], indent=2))

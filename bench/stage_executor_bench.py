@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import yaml
+from bench_common import recorded_command
 
 from expctr.io import write_json
 
@@ -108,8 +109,7 @@ def main() -> None:
     args = ap.parse_args()
 
     image = args.image or sh(["bash", ROOT / "docker" / "build_stage_image.sh"], ROOT).strip().splitlines()[-1]
-    results: dict = {"command": "bench/stage_executor_bench.py " + " ".join(
-                         a for a in sys.argv[1:] if not a.startswith("--out")),
+    results: dict = {"command": recorded_command("stage_executor_bench.py", sys.argv[1:]),
                      "cpu_count": os.cpu_count(), "max_users": args.max_users, "image": image, "runs": []}
     for run in range(args.runs):
         for executor in ("in_process", "docker"):
