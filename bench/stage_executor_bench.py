@@ -135,7 +135,7 @@ def main() -> None:
                 results["runs"].append(row)
     results["summary"] = summary(results["runs"])
     write_json(args.out, results)
-    print(f"wrote {args.out.relative_to(ROOT)}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
