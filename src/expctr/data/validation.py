@@ -200,8 +200,7 @@ def _widened(df: pl.DataFrame) -> pl.DataFrame:
     The values, and so every result, are the same."""
     casts = [pl.col(name).cast(pl.Int64) if dtype.is_integer() else pl.col(name).cast(pl.Float64)
              for name, dtype in df.schema.items()
-             if (dtype.is_integer() and dtype != pl.UInt64 and dtype != pl.Int64)
-             or (dtype.is_float() and dtype != pl.Float64)]
+             if (dtype.is_integer() and dtype not in (pl.Int64, pl.UInt64)) or (dtype.is_float() and dtype != pl.Float64)]
     return df.with_columns(casts) if casts else df
 
 

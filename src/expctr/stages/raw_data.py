@@ -94,8 +94,9 @@ class InteractionSummary:
                       pl.col("timestamp").max().alias("hi")).row(0, named=True)
         self.rows += df.height
         self.rating_sum += t["s"]
-        self.ts_min = min(v for v in (self.ts_min, t["lo"]) if v is not None) if t["lo"] is not None else self.ts_min
-        self.ts_max = max(v for v in (self.ts_max, t["hi"]) if v is not None) if t["hi"] is not None else self.ts_max
+        if t["lo"] is not None:  # min and max are null together (every timestamp of the batch null)
+            self.ts_min = t["lo"] if self.ts_min is None else min(self.ts_min, t["lo"])
+            self.ts_max = t["hi"] if self.ts_max is None else max(self.ts_max, t["hi"])
         self.items = pl.concat([self.items, df["item_id"].cast(pl.Utf8).unique()]).unique()
         for rating, n in df.group_by("rating").agg(pl.len()).iter_rows():
             self.rating_counts[rating] = self.rating_counts.get(rating, 0) + n
