@@ -13,22 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
+from readiness import NotReady, free_port, wait_ready  # bench/, on the path when run as a file
 
 from expctr.io import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def docker(*args: str, timeout: int = 120) -> str:
@@ -51,15 +45,10 @@ def time_to_ready(image: str, user: str, items: list[str], timeout: float) -> di
     docker("run", "-d", "--rm", "--network", "host", "--name", name, image, "--host", "127.0.0.1",
            "--port", str(port))
     try:
-        while time.perf_counter() - started < timeout:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise RuntimeError(f"{image} not ready in {timeout} s:\n{docker('logs', '--tail', '40', name)}")
+        try:
+            wait_ready(url, timeout=timeout - (time.perf_counter() - started), interval=0.2)
+        except NotReady as exc:
+            raise RuntimeError(f"{image}: {exc}:\n{docker('logs', '--tail', '40', name)}") from None
         ready = time.perf_counter() - started
         r = httpx.post(f"{url}/predict", json={"user_id": user, "candidates": items}, timeout=120)
         r.raise_for_status()

@@ -8,7 +8,7 @@ Needs the pipeline's `models/base_llm` and `data/llm_pairs` (`dvc repro llm_pair
 subprocess so its peak RSS is its own. Results: bench/results/llm.json.
 
 The serving pair of phases explains ONE user's history against N targets (what POST /predict does), plain
-batch-1 `generate` vs `expctr.serving.prefix_generation` (system text + history prefilled once).
+batch-1 `generate` vs `expctr.llm.prefix_generation` (system text + history prefilled once).
 
 Both paths use the same explainer prompts (with the assistant prefix), greedy decoding and the same
 max_new_tokens; the plain path is what a first implementation does: one prompt at a time, `generate` until
@@ -39,9 +39,9 @@ def load(threads: int, n: int):
     import torch
 
     from expctr.config import load_params
-    from expctr.explainer.rl import build_prompt_dataset
+    from expctr.explainer.dataset import build_prompt_dataset
     from expctr.llm.base_model import load_model, load_tokenizer
-    from expctr.llm.prompts import EXPLANATION_PREFIX
+    from expctr.llm.verdicts import EXPLANATION_PREFIX
 
     torch.set_num_threads(threads)
     params = load_params(ROOT / "params.yaml")
@@ -90,13 +90,8 @@ def user_prompts(tok, params, n: int) -> list[str]:
     """The serving case: ONE user's history with n candidate targets (what /predict explains at once)."""
     import polars as pl
 
-    from expctr.llm.prompts import (
-        EXPLANATION_PREFIX,
-        as_item,
-        explainer_messages,
-        fit_history,
-        rendered_prompt,
-    )
+    from expctr.llm.prompts import as_item, explainer_messages, fitted_history, rendered_prompt
+    from expctr.llm.verdicts import EXPLANATION_PREFIX
 
     def build(h, t):
         return explainer_messages(h, t) + [{"role": "assistant", "content": EXPLANATION_PREFIX}]
@@ -105,7 +100,7 @@ def user_prompts(tok, params, n: int) -> list[str]:
     history = pairs["history"][0]
     out = []
     for target in pairs["target"].to_list():
-        fitted = fit_history(tok, history, as_item(target), params.llm.max_prompt_tokens, build=build)
+        fitted = fitted_history(tok, history, params.llm.max_prompt_tokens)
         out.append(rendered_prompt(tok, build(fitted, as_item(target))))
     return out
 
@@ -113,7 +108,7 @@ def user_prompts(tok, params, n: int) -> list[str]:
 def phase_user(args, shared: bool) -> dict:
     import torch
 
-    from expctr.serving.prefix_generation import generate_shared_prefix
+    from expctr.llm.prefix_generation import generate_shared_prefix
 
     params, model, tok, _, _ = load(args.threads, 1)
     prompts = user_prompts(tok, params, args.prompts)
@@ -137,9 +132,12 @@ def phase_user(args, shared: bool) -> dict:
 
 
 def phase_rl(args) -> dict:
-    from expctr.explainer.rewards import FormatReward, JudgeScorer, LCReward, stage_reward
-    from expctr.explainer.rl import train_policy
+    from expctr.explainer.grpo import train_policy
+    from expctr.explainer.rewards.combine import stage_reward
+    from expctr.explainer.rewards.format import FormatReward
+    from expctr.explainer.rewards.lc import LCReward
     from expctr.llm.base_model import load_model
+    from expctr.llm.judge import JudgeScorer
 
     params, model, tok, ds, _ = load(args.threads, max(args.prompts, 8))
     judge = JudgeScorer(load_model(ROOT / "models" / "base_llm"), tok, batch_size=params.llm.judge_batch_size)
@@ -154,15 +152,16 @@ def phase_rl(args) -> dict:
 
 
 def phase_grpo_parts(args) -> dict:
-    """Where one GRPO step's time goes (issue 8): sampling the step's completions, the judge reading them (the LC
+    """Where one GRPO step's time goes: sampling the step's completions, the judge reading them (the LC
     reward), and the policy's forward + backward over prompt + completion (LoRA), each timed on its own with the
     step's shapes (prompts_per_step x num_generations completions of <= max_completion_length tokens)."""
     import torch
 
-    from expctr.explainer.rewards import JudgeScorer, LCReward
-    from expctr.explainer.rl import attach_adapter
+    from expctr.explainer.lora import attach_adapter
+    from expctr.explainer.rewards.lc import LCReward
     from expctr.llm.base_model import load_model
     from expctr.llm.generation import generate
+    from expctr.llm.judge import JudgeScorer
 
     params, model, tok, ds, _ = load(args.threads, 8)
     rl = params.rl
@@ -195,7 +194,8 @@ def phase_grpo_parts(args) -> dict:
 
 def phase_verdict(args, layers_from) -> dict:
     """The dense verdict step's cost per prompt (one forward + backward, LoRA from `layers_from`, None = all)."""
-    from expctr.explainer.rl import attach_adapter, prompt_token_ids
+    from expctr.explainer.dataset import prompt_token_ids
+    from expctr.explainer.lora import attach_adapter
     from expctr.explainer.verdict import train_verdicts
 
     params, model, tok, ds, _ = load(args.threads, args.prompts)
@@ -217,13 +217,14 @@ def phase_judge(args, grouped: bool) -> dict:
     import polars as pl
 
     from expctr.llm.judge import judge_p_yes, judge_p_yes_grouped
-    from expctr.llm.prompts import fitted_explainer_history, judge_messages, verdict_sentence
+    from expctr.llm.prompts import fitted_history, judge_messages
+    from expctr.llm.verdicts import verdict_sentence
 
     params, model, tok, _, _ = load(args.threads, 1)
     pairs = pl.read_parquet(ROOT / "data" / "llm_pairs" / "train.parquet").head(args.prompts)
     groups = []
     for r in pairs.select("history", "target").iter_rows(named=True):
-        h = fitted_explainer_history(tok, r["history"], r["target"], params.llm.max_prompt_tokens)
+        h = fitted_history(tok, r["history"], params.llm.max_prompt_tokens)
         groups.append([judge_messages(h, r["target"], verdict_sentence(v, r["target"])) for v in (True, False)])
     t0 = time.perf_counter()
     if grouped:

@@ -33,7 +33,7 @@ def forward_micro(bundle: Path, dtype: str, threads: int) -> dict:
     from transformers import DynamicCache
 
     from expctr.config import LLMParams
-    from expctr.explainer.rl import load_explainer
+    from expctr.llm.adapters import load_explainer
 
     model, _ = load_explainer(bundle / "llm" / "base", bundle / "llm" / "adapter",
                               LLMParams(dtype=dtype, threads=threads))
@@ -66,31 +66,9 @@ def requests(bundle: Path, n_users: int, seed: int) -> list[tuple[str, list[str]
     return out
 
 
-class ForwardTimer:
-    """Seconds the serving generator spends in prefill (prompt tokens) and in decoding (one token a row)."""
-
-    def __init__(self):
-        import expctr.serving.prefix_generation as gen
-
-        self.gen, self.real = gen, gen._forward
-        self.seconds = {"prefill": 0.0, "decode": 0.0}
-
-    def __enter__(self):
-        def timed(model, cache_kw, cache, **inputs):
-            t = time.perf_counter()
-            out = self.real(model, cache_kw, cache, **inputs)
-            self.seconds["decode" if inputs["input_ids"].shape[1] == 1 else "prefill"] += time.perf_counter() - t
-            return out
-
-        self.gen._forward = timed
-        return self
-
-    def __exit__(self, *exc):
-        self.gen._forward = self.real
-
-
 def run_setting(bundle: Path, opening: str, dtype: str, reqs, threads: int) -> dict:
     from expctr.config import ServingParams
+    from expctr.llm.prefix_generation import forward_seconds
     from expctr.serving.bundle import read_manifest
     from expctr.serving.predictor import ModelPair
     from expctr.serving.schemas import PredictRequest
@@ -100,7 +78,7 @@ def run_setting(bundle: Path, opening: str, dtype: str, reqs, threads: int) -> d
     pair = ModelPair(bundle, limits=limits)
     pair.load_explainer()
     seconds, items = [], []
-    with ForwardTimer() as timer:
+    with forward_seconds() as timer:
         for user_id, candidates in reqs:
             t = time.perf_counter()
             resp = pair.predict(PredictRequest(user_id=user_id, candidates=candidates, explain=True))
@@ -111,7 +89,7 @@ def run_setting(bundle: Path, opening: str, dtype: str, reqs, threads: int) -> d
     return {"reason_opening": opening, "explainer_dtype": dtype, "requests": len(seconds),
             "explanations": len(items), "p50_s": round(statistics.median(seconds), 2),
             "mean_s": round(statistics.mean(seconds), 2), **rate,
-            "generation_s": {k: round(v, 2) for k, v in timer.seconds.items()}, "total_s": round(sum(seconds), 2),
+            "generation_s": {k: round(v, 2) for k, v in timer.items()}, "total_s": round(sum(seconds), 2),
             "examples": [it.explanation for it in items[:3]]}
 
 

@@ -7,7 +7,7 @@ Needs the pipeline's `models/base_llm` and `data/llm_pairs` (`dvc repro llm_pair
 bench/results/rl_distributed.json.
 
 Each setting runs `expctr.explainer.rl.run_rl_stage` as the round runs it: the LC stage's reward rebuilt from
-params.yaml (`rounds.build_stage_reward`: the frozen judge), a fresh LoRA adapter, the verdict step over the
+params.yaml (`stage_rewards.build_stage_reward`: the frozen judge), a fresh LoRA adapter, the verdict step over the
 first --verdict-prompts training pairs and --reason-steps GRPO steps on the next pairs (params.yaml's
 prompts_per_step x num_generations completions each). 1 process runs as a plain subprocess, N > 1 under the same
 `accelerate launch` command `expctr.explainer.rl_launch` uses. The total thread budget is split evenly (2 x 1
@@ -40,10 +40,11 @@ def worker(args: argparse.Namespace) -> None:
 
     from expctr import distributed
     from expctr.config import load_params
-    from expctr.explainer.rl import build_prompt_dataset, run_rl_stage
-    from expctr.explainer.rounds import build_stage_reward
+    from expctr.explainer.dataset import build_prompt_dataset
+    from expctr.explainer.rl import run_rl_stage
+    from expctr.explainer.stage_rewards import build_stage_reward
     from expctr.llm.base_model import load_tokenizer
-    from expctr.llm.prompts import EXPLANATION_PREFIX
+    from expctr.llm.verdicts import EXPLANATION_PREFIX
     from expctr.paths import ProjectPaths
 
     world, threads = worker_threads(args.total_threads)

@@ -25,7 +25,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -34,14 +33,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import polars as pl
+import readiness  # bench/, on the path when run as a file
+from readiness import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(target: str, port: int, workdir: Path | None, log_path: Path) -> subprocess.Popen:
@@ -63,17 +58,11 @@ def stop_server(proc: subprocess.Popen | None) -> None:
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> float:
-    started = time.perf_counter()
-    while time.perf_counter() - started < timeout:
-        if proc.poll() is not None:
-            raise SystemExit(f"bentoml serve exited with {proc.returncode} before becoming ready")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return time.perf_counter() - started
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise SystemExit(f"{url} not ready after {timeout:.0f} s")
+    """Seconds until the server `start_server` began answers /readyz (bench/readiness.py); exits if it dies."""
+    try:
+        return readiness.wait_ready(url, readiness.process_stopped(proc), timeout)
+    except readiness.NotReady as exc:
+        raise SystemExit(str(exc)) from None
 
 
 async def run(url: str, bodies: list[dict], concurrency: int, max_seconds: float) -> dict:

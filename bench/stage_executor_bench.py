@@ -3,7 +3,7 @@
 Usage:  .venv/bin/python bench/stage_executor_bench.py [--max-users N] [--image TAG] [--runs 1]
 For each executor (in_process, docker) and run: a fresh temporary git + DVC copy of the project (code,
 dvc.yaml, orchestration/, params.yaml with data.max_users = N; default: all of ML-1M), then
-`dagster asset materialize --select raw_data,validated_features`. Per step (each asset's stage, each GX check)
+`dg launch --assets raw_data,validated_features`. Per step (each asset's stage, each GX check)
 it reports, from the run's Dagster event log, the seconds from the step's launch (STEP_WORKER_STARTING for a
 container, STEP_START in-process) to its success, the part spent before the step's code started (container
 start + loading the definitions), and the whole run's wall time. Without --image the stage image is built
@@ -121,8 +121,8 @@ def main() -> None:
                        "EXPCTR_DAGSTER_EXECUTOR": executor, "EXPCTR_STAGE_IMAGE": image,
                        "EXPCTR_DOCKER_MOUNTS": str(CACHE)}
                 started = time.perf_counter()
-                out = sh([BIN / "dagster", "asset", "materialize", "-m", "orchestration.definitions",
-                          "--select", ASSETS], root, env)
+                out = sh([BIN / "dg", "launch", "--assets", ASSETS, "-m", "orchestration.definitions"],
+                         root, env)
                 wall = time.perf_counter() - started
                 if "RUN_SUCCESS" not in out:
                     raise SystemExit(out[-3000:])

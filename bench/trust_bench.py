@@ -50,7 +50,7 @@ from serve_bench import explainer_counts, free_port, start_server, stop_server, 
 from expctr.config import ServingParams
 from expctr.evaluation.faithfulness import TitleIndex, quoted_outside, title_keys, unseen_mentions
 from expctr.evaluation.grounding import grounding
-from expctr.explainer.rewards import stance
+from expctr.llm.explanations import stance
 from expctr.llm.prompts import Item
 from expctr.serving.checks import is_one_complete_sentence
 from expctr.serving.prompt import served_prompt
@@ -89,7 +89,7 @@ class Bundle:
 
     def seen(self, history: list[Item], target: Item, positive: bool) -> list[Item]:
         """The part of the history that fit the prompt, as the server builds it."""
-        return served_prompt(self.tokenizer, history, target, positive, self.max_prompt_tokens,
+        return served_prompt(self.tokenizer, history, target, 0.9 if positive else 0.1, self.max_prompt_tokens,
                              self.opening).history
 
 

@@ -5,8 +5,10 @@ GET /livez, /readyz (ready once the explainer is loaded), /healthz, /metrics and
 ID scoring of concurrent /predict calls is merged into one forward pass by BentoML's adaptive batcher (its
 CORK dispatcher, run in-process: routing it through a batchable API costs an HTTP hop to the service itself,
 which measured p50 51 ms and 9% connection-reset 500s at 230 requests/s on 2 cores). Malformed requests never
-reach the endpoints: `RequestGuard` (an ASGI middleware) answers them with a typed 4xx body {"error": {"code", "message", "field"}}; domain
-errors (unknown ids, limits, duplicates) get the same body from the endpoints. Explained requests share the
+reach the endpoints: `expctr.serving.guard.RequestGuard` (an ASGI middleware) answers them with a typed 4xx
+body {"error": {"code", "message", "field"}}; domain errors (unknown ids, limits, duplicates) get the same body
+from the endpoints, and BentoML's own error answers (404, 405, not ready, 500) are rewritten into it by the
+guard. The endpoints return the response model's JSON as a ready `Response`. Explained requests share the
 explainer through `ModelPair.batcher`: identical explanations in flight are coalesced, concurrent cold ones
 batched together; its counts are the `expctr_explainer` gauge on /metrics.
 
@@ -15,22 +17,32 @@ The packaged model is `expctr_pair:latest` in the BentoML model store (override:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import anyio
 import bentoml
 import numpy as np
 import prometheus_client  # at service import, as bentoml.metrics did: after BentoML set PROMETHEUS_MULTIPROC_DIR
 from bentoml.models import BentoModel
+from pydantic import BaseModel
+from starlette.responses import Response
 
 from expctr.config import ServingParams
 from expctr.serving.errors import RequestError
+from expctr.serving.guard import RequestGuard, json_payload
+from expctr.serving.id_scoring import concat_rows, scoring_thread
 from expctr.serving.predictor import ModelPair
-from expctr.serving.requests import check_size, decode_content, parse_request, validate
-from expctr.serving.schemas import ExplainRequest, HistoryEntry, PredictRequest
+from expctr.serving.requests import validate
+from expctr.serving.schemas import (
+    ExplainRequest,
+    ExplainResponse,
+    HistoryEntry,
+    PredictRequest,
+    PredictResponse,
+)
 
 MODEL_TAG = os.environ.get("EXPCTR_MODEL_TAG", "expctr_pair:latest")
 ROUTES = {"/predict": PredictRequest, "/explain": ExplainRequest}
@@ -46,60 +58,6 @@ def _limits() -> ServingParams:
 
 
 LIMITS = _limits()
-
-
-async def _send_json(send, status: int, body: dict[str, Any]) -> None:
-    payload = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
-    await send({"type": "http.response.body", "body": payload})
-
-
-class RequestGuard:
-    """Size, content coding, media type, UTF-8, JSON and schema checks for the JSON routes, before BentoML
-    parses anything (`expctr.serving.requests.parse_request`). A gzip body is handed on decoded."""
-
-    def __init__(self, app, max_body_bytes: int = LIMITS.max_body_bytes):
-        self.app, self.max_body_bytes = app, max_body_bytes
-
-    async def __call__(self, scope, receive, send):
-        model = ROUTES.get(scope.get("path", "")) if scope["type"] == "http" else None
-        if model is None or scope.get("method") != "POST":
-            return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        body = bytearray()
-        try:
-            declared = headers.get("content-length", "")
-            if declared.isdigit():
-                check_size(int(declared), self.max_body_bytes)  # refuse before reading
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                body += message.get("body", b"")
-                check_size(len(body), self.max_body_bytes)
-                if not message.get("more_body", False):
-                    break
-            encoding = headers.get("content-encoding")
-            body = decode_content(bytes(body), encoding, self.max_body_bytes)
-            parse_request(model, body, headers.get("content-type"), self.max_body_bytes)
-        except RequestError as exc:
-            return await _send_json(send, exc.status, exc.body())
-        if encoding is not None:  # BentoML reads the decoded body, as if it had been sent uncompressed
-            kept = [(k, v) for k, v in scope.get("headers", [])
-                    if k.lower() not in (b"content-encoding", b"content-length")]
-            scope = {**scope, "headers": [*kept, (b"content-length", str(len(body)).encode())]}
-
-        sent = False
-
-        async def replay():
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
-            return await receive()
-
-        return await self.app(scope, replay, send)
 
 
 BATCH_ROWS = prometheus_client.Histogram("expctr_ctr_batch_rows", "Rows per CTR forward pass",
@@ -120,13 +78,27 @@ def _export(pair: ModelPair) -> None:
         EXPLAINER.labels(count=name).set(value)
 
 
-def _error(ctx: bentoml.Context, exc: RequestError) -> dict[str, Any]:
-    ctx.response.status_code = exc.status
-    return exc.body()
+def _json(model: BaseModel) -> Response:
+    """The body written by the response model's own (compiled) serializer. Why a ready Response: for a
+    returned dict BentoML validates it again, dumps it twice and builds a JSON schema per response, about a
+    quarter of a CTR-only request's time (README "Serving the model pair"). The endpoints' return annotations
+    still document the bodies in the OpenAPI spec."""
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
+def _error(exc: RequestError) -> Response:
+    return Response(json_payload(exc.body()), status_code=exc.status, media_type="application/json")
+
+
+# OpenTelemetry's ASGI middleware opens a server span and one per receive and send for every request, even when
+# nothing is sampled (BentoML's tracing.sample_rate defaults to 0): 1.3-1.6 ms of a CTR-only /predict on the
+# 2-core machine. The JSON routes are left out of it unless EXPCTR_TRACE_ROUTES=1 (a deployment exporting traces).
+TRACED = os.environ.get("EXPCTR_TRACE_ROUTES") == "1"
 
 
 @bentoml.service(name="expctr", workers=1, resources={"cpu": "2"},
-                 traffic={"timeout": 300, "max_concurrency": 64})
+                 traffic={"timeout": 300, "max_concurrency": 64},
+                 **({} if TRACED else {"tracing": {"excluded_urls": "/predict,/explain"}}))
 class ExpCTR:
     pair_model = BentoModel(MODEL_TAG)
 
@@ -136,33 +108,37 @@ class ExpCTR:
         self._with_explainer = os.environ.get("EXPCTR_LOAD_EXPLAINER", "1") != "0"
         if self._with_explainer:
             self.pair.load_explainer()
+        self._scorer = scoring_thread()  # ID forward passes, off the event loop, one torch thread
+
+    async def _score_rows(self, rows) -> np.ndarray:
+        return await asyncio.get_running_loop().run_in_executor(self._scorer, self.pair.score_id, rows)
 
     def __is_ready__(self) -> bool:
         return self.pair.explainer_loaded or not self._with_explainer
 
-    async def _score_batch(self, parts: tuple[np.ndarray, ...]) -> list[np.ndarray]:
-        """One forward pass over every request the dispatcher released together."""
+    async def _score_batch(self, parts: tuple) -> list[np.ndarray]:
+        """One forward pass over every request the dispatcher released together (each part: one request's
+        feature rows, `Prepared.features`)."""
         sizes = [len(p) for p in parts]
-        probs = await anyio.to_thread.run_sync(self.pair.score_id, np.concatenate(parts))
+        probs = await self._score_rows(concat_rows(parts))
         BATCH_ROWS.observe(len(probs))
         BATCH_REQUESTS.observe(len(parts))
         return list(np.split(probs, np.cumsum(sizes)[:-1]))
 
-    async def _score(self, packed: np.ndarray) -> np.ndarray:
+    async def _score(self, features) -> np.ndarray:
         if self._batched is None:
             from bentoml._internal.marshal.dispatcher import CorkDispatcher  # BentoML's adaptive batcher
 
             self._batched = CorkDispatcher(LIMITS.max_latency_ms, LIMITS.max_batch_size, fallback=lambda: None,
                                            get_batch_size=len, batch_dim=(0, 0))(self._score_batch)
-        probs = await self._batched(packed)
+        probs = await self._batched(features)
         if probs is None or isinstance(probs, Exception):  # shed by the batcher: score alone rather than fail
-            probs = await anyio.to_thread.run_sync(self.pair.score_id, packed)
+            probs = await self._score_rows(features)
         return np.asarray(probs, dtype=np.float64)
 
     @bentoml.api(route="/predict")
     async def predict(self, candidates: list[str], user_id: str | None = None,
-                      history: list[HistoryEntry] | None = None, explain: bool = False,
-                      ctx: bentoml.Context = None) -> dict[str, Any]:
+                      history: list[HistoryEntry] | None = None, explain: bool = False) -> PredictResponse:
         """Rank candidate items for a known user (`user_id`) or a cold-start `history`; `explain` adds one
         checked sentence per candidate whose verdict follows p_click (>= decision_threshold: "will probably
         enjoy"); p_click is then ExpCTR-Aug's unless p_source says the ID model's."""
@@ -174,14 +150,14 @@ class ExpCTR:
                 _export(self.pair)
             else:
                 prepared = self.pair.prepare(req)
-                resp = self.pair.respond(prepared, await self._score(prepared.packed))
+                resp = self.pair.respond(prepared, await self._score(prepared.features))
         except RequestError as exc:
-            return _error(ctx, exc)
-        return resp.model_dump()
+            return _error(exc)
+        return _json(resp)
 
     @bentoml.api(route="/explain")
-    async def explain(self, item_id: str, user_id: str | None = None, history: list[HistoryEntry] | None = None,
-                      ctx: bentoml.Context = None) -> dict[str, Any]:
+    async def explain(self, item_id: str, user_id: str | None = None, history: list[HistoryEntry] | None = None
+                      ) -> ExplainResponse:
         """One checked explanation and its click probability for (user or cold-start history, item)."""
         try:
             req = validate(ExplainRequest, {"item_id": item_id, "user_id": user_id,
@@ -189,8 +165,8 @@ class ExpCTR:
             resp = await anyio.to_thread.run_sync(self.pair.explain, req)
             _export(self.pair)
         except RequestError as exc:
-            return _error(ctx, exc)
-        return resp.model_dump()
+            return _error(exc)
+        return _json(resp)
 
 
-ExpCTR.add_asgi_middleware(RequestGuard, max_body_bytes=LIMITS.max_body_bytes)
+ExpCTR.add_asgi_middleware(RequestGuard, routes=ROUTES, max_body_bytes=LIMITS.max_body_bytes)

@@ -5,7 +5,6 @@ The project directory is ``$EXPCTR_PROJECT_DIR`` if set, else the current direct
 transformers or Great Expectations import.
 """
 
-import os
 from pathlib import Path
 
 import dagster as dg
@@ -13,24 +12,11 @@ import dagster as dg
 from orchestration.assets import asset_keys, build_assets, build_checks
 from orchestration.dvc_graph import DVC_YAML, load_pipeline
 from orchestration.executors import select_executor
-from orchestration.resources import PROJECT_DIR_ENV, DvcProject, default_dvc_bin
+from orchestration.project import resolve_project_dir
+from orchestration.resources import DvcProject, default_dvc_bin
 from orchestration.sensors import build_raw_files_sensor, build_sync_sensor
 
 JOB_NAME = "expctr_pipeline"
-
-
-def resolve_project_dir() -> Path:
-    """``$EXPCTR_PROJECT_DIR``, else the cwd if it has a dvc.yaml, else this package's repository root."""
-    env = os.environ.get(PROJECT_DIR_ENV)
-    if env:
-        return Path(env).resolve()
-    cwd = Path.cwd()
-    if (cwd / DVC_YAML).is_file():
-        return cwd.resolve()
-    repo = Path(__file__).resolve().parent.parent
-    if (repo / DVC_YAML).is_file():
-        return repo
-    return cwd.resolve()  # load_pipeline then reports the missing dvc.yaml
 
 
 def build_definitions(project_dir: str | Path | None = None) -> dg.Definitions:

@@ -13,13 +13,9 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-PROJECT_DIR_ENV = "EXPCTR_PROJECT_DIR"
+from orchestration.project import PROJECT_DIR_ENV, default_project_dir
+
 TAIL_LINES = 40
-
-
-def default_project_dir() -> str:
-    """``$EXPCTR_PROJECT_DIR`` if set, else the current working directory."""
-    return os.environ.get(PROJECT_DIR_ENV) or os.getcwd()
 
 
 def default_dvc_bin() -> str:

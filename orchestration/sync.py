@@ -7,7 +7,7 @@ outputs are in the workspace, and whose data version Dagster does not have yet, 
 carrying the data and code versions Dagster's staleness uses, plus an ``AssetCheckEvaluation`` for each of
 the stage's GX result files. Nothing is rerun.
 
-It runs three ways: the ``dvc_lock_sync`` sensor (on by default; ``dagster dev`` runs it whenever
+It runs three ways: the ``dvc_lock_sync`` sensor (on by default; ``dg dev`` runs it whenever
 ``dvc.lock`` or the presence of outputs changes), ``python -m orchestration.sync`` (for a Dagster instance
 without a daemon), and from tests.
 """
@@ -30,7 +30,8 @@ from orchestration.dvc_state import (
     lock_provenance,
     read_lock,
 )
-from orchestration.resources import stage_env
+from orchestration.project import resolve_project_dir
+from orchestration.resources import default_dvc_bin, stage_env
 
 # Dagster's own tag names for provenance (dagster._core.definitions.data_version); a test pins them.
 DATA_VERSION_TAG = "dagster/data_version"
@@ -128,14 +129,11 @@ def sync_instance(instance: dg.DagsterInstance, project_dir: str | Path, dvc_bin
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from orchestration.definitions import resolve_project_dir
-    from orchestration.resources import default_dvc_bin
-
     parser = argparse.ArgumentParser(
         prog="python -m orchestration.sync",
         description="Report the state DVC recorded (dvc.lock, metrics, GX results) to the Dagster instance "
         "at $DAGSTER_HOME as runless materialisations and check results, without rerunning anything. "
-        "`dagster dev` does the same through the dvc_lock_sync sensor; use this when no daemon runs.",
+        "`dg dev` does the same through the dvc_lock_sync sensor; use this when no daemon runs.",
     )
     parser.add_argument("--project-dir", default=None, help="DVC project root (default: $EXPCTR_PROJECT_DIR, "
                         "else the cwd if it holds dvc.yaml, else this repository)")

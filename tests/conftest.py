@@ -62,12 +62,12 @@ def tiny_real_project(tmp_path_factory) -> Path:
 
 TEST_BASE_MODEL = SHARED_CACHE / "test-base-model"
 TINY_LLM = {
-    "llm.source": str(TEST_BASE_MODEL), "llm.max_new_tokens": 12, "llm.max_prompt_tokens": 176,
+    "llm.source": str(TEST_BASE_MODEL), "llm.max_new_tokens": 12, "llm.max_prompt_tokens": 120,
     "llm.threads": TEST_THREADS, "llm.gen_batch_size": 8, "llm.judge_batch_size": 8,
-    "pairs.train": 12, "pairs.valid": 4, "pairs.test": 8,
-    "rl.verdict_prompts": 8, "rl.verdict_batch_size": 4,
+    "pairs.train": 12, "pairs.valid": 12, "pairs.test": 8,
+    "rl.verdict_prompts": 8, "rl.ic_verdict_prompts": 8, "rl.verdict_batch_size": 4,
     "rl.lc_steps": 1, "rl.ic_steps": 1, "rl.prompts_per_step": 2, "rl.num_generations": 2,
-    "rl.max_completion_length": 12, "text_ctr.max_epochs": 2, "text_ctr.train_pairs": 6, "rounds": 2,
+    "rl.max_completion_length": 12, "text_ctr.max_epochs": 2, "rounds": 2,
     "evaluation.round_test_pairs": 6, "evaluation.bootstrap": 50,
     "ctr.compare": ["popularity", "din"], "ctr.max_epochs": 1,
 }

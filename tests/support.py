@@ -83,3 +83,10 @@ def toy_feature_map(history_len: int, genres: int):
     return FeatureMap({"user": vocab(5, "u"), "item": vocab(7, "i"), "gender": vocab(2, "g"), "age": vocab(3, "a"),
                        "occupation": vocab(4, "o"), "decade": vocab(2, "d"), "genre": vocab(3, "x")},
                       history_len, genres, 4.0)
+
+
+def opens_with_verdict(text: str, positive: bool) -> bool:
+    """The explanation opens with a graded verdict of that side ("The user will surely enjoy ...")."""
+    from expctr.llm.verdicts import EXPLANATION_PREFIX, VERDICT_GRADES
+
+    return any(text.startswith(f"{EXPLANATION_PREFIX} {g.words} ") for g in VERDICT_GRADES if g.positive == positive)

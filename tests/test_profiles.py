@@ -44,8 +44,8 @@ def test_profile_set_arguments_through_dvc_give_the_profile(profile, tmp_path):
     assert argv[::2] == ["-S"] * (len(argv) // 2) and len(argv) % 2 == 0
     params = tmp_path / "params.yaml"
     shutil.copy(REPO_ROOT / "params.yaml", params)
-    subprocess.run([DVC_PYTHON, "-c", "import sys; from dvc.utils.hydra import apply_overrides; "
-                    "apply_overrides(sys.argv[1], sys.argv[2:])", params, *argv[1::2]], check=True)
+    subprocess.run([DVC_PYTHON, "-c", ("import sys; from dvc.utils.hydra import apply_overrides; "
+                    "apply_overrides(sys.argv[1], sys.argv[2:])"), params, *argv[1::2]], check=True)
     assert load_params(params) == profile_params(profile)
 
 

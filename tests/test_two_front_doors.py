@@ -49,8 +49,8 @@ def repo(tmp_path_factory) -> tuple[Path, dict]:
 
 def test_dagster_then_dvc_on_the_real_stages(repo):
     root, env = repo
-    proc = sh([str(VENV_BIN / "dagster"), "asset", "materialize", "-m", "orchestration.definitions",
-               "--select", "raw_data"], root, env)
+    proc = sh([str(VENV_BIN / "dg"), "launch", "--assets", "raw_data", "-m", "orchestration.definitions"],
+             root, env)
     assert "RUN_SUCCESS" in proc.stdout + proc.stderr
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"raw_data"}
@@ -85,7 +85,7 @@ def test_dvc_exp_run_with_a_set_param(repo):
 def test_dagster_selection_syntax_resolves_the_derived_graph(repo):
     root, env = repo
     # Upstream-closure selection parses (antlr 4.13) and, with everything up to date, DVC skips the stages.
-    proc = sh([str(VENV_BIN / "dagster"), "asset", "materialize", "-m", "orchestration.definitions",
-               "--select", "+validated_features"], root, env)
+    proc = sh([str(VENV_BIN / "dg"), "launch", "--assets", "+validated_features", "-m", "orchestration.definitions"],
+             root, env)
     out = proc.stdout + proc.stderr
     assert "RUN_SUCCESS" in out and "raw_data" in out and "validated_features" in out

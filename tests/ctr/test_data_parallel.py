@@ -78,8 +78,8 @@ def test_averaged_scaled_part_gradients_equal_the_mean_loss_gradient(world):
         for k, p in model.named_parameters():
             if k in reference:
                 averaged[k] += p.grad / world
-    for k in reference:
-        torch.testing.assert_close(averaged[k], reference[k], rtol=1e-5, atol=1e-7)
+    for k, expected in reference.items():
+        torch.testing.assert_close(averaged[k], expected, rtol=1e-5, atol=1e-7)
 
 
 @pytest.fixture

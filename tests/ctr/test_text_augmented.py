@@ -1,4 +1,5 @@
-"""ExpCTR-Aug: starts as the ID model exactly, keeps a frozen base frozen, learns from an informative text."""
+"""ExpCTR-Aug: starts as the ID model exactly, keeps the base frozen, standardises and projects its input blocks,
+learns from an informative input and keeps the ID model on noise."""
 
 from __future__ import annotations
 
@@ -15,9 +16,8 @@ from expctr.ctr.batch import CTRData
 from expctr.ctr.models import MODELS, build_model
 from expctr.ctr.text_augmented import (
     TextAugmentedCTR,
+    aug_probability,
     batch_from_columns,
-    fit_params,
-    ic_probability,
     load_text_ctr,
     save_text_ctr,
     train_text_ctr,
@@ -27,6 +27,7 @@ from expctr.ctr.trainer import binary_metrics, fit, predict
 from expctr.data.features import FeatureMap
 
 K, G, E = 4, 3, 12
+BLOCKS = [("facts", 2), ("text", E - 2)]  # a narrow block as it is, a wide one projected
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +60,7 @@ SMALL = CTRParams(embed_dim=4, mlp_dims=[8], cross_layers=2, dropout=0.2)
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_untrained_aug_model_equals_the_id_model_exactly(name):
     base = build_model(name, toy_fmap(), SMALL, seed=0)
-    aug = TextAugmentedCTR(base, text_dim=E, proj_dim=3, hidden=[5])
+    aug = TextAugmentedCTR(base, BLOCKS, proj_dim=3, hidden=[5])
     batch = toy_data().take(torch.arange(16))
     aug.eval()
     assert torch.equal(aug(batch), base(batch))
@@ -74,36 +75,46 @@ def test_frozen_base_is_unchanged_by_training_and_the_head_learns():
     base = build_model("deepfm", toy_fmap(), SMALL, seed=0)
     before = {k: v.clone() for k, v in base.state_dict().items()}
     tp = TextCTRParams(proj_dim=4, hidden=[8], max_epochs=3, patience=3, lr=0.01, batch_size=32)
-    aug, res = train_text_ctr(base, data, toy_data(64, seed=1), tp, seed=0)
+    aug, res = train_text_ctr(base, BLOCKS, data, toy_data(64, seed=1), tp, seed=0)
     for k, v in aug.base.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert aug.head[-1].weight.abs().sum() > 0
     assert len(res.curve) >= 1 and res.best_valid_auc > 0.7
+    # standardisation comes from the training inputs
+    torch.testing.assert_close(aug.mean, data.text.double().mean(0).float())
+    torch.testing.assert_close(aug.std, data.text.double().std(0).float())
 
 
-def test_finetune_base_trains_the_base_too():
-    data = toy_data(64)
-    base = build_model("lr", toy_fmap(), SMALL, seed=0)
-    before = base.emb.table.weight.clone()
-    aug = TextAugmentedCTR(base, text_dim=E, finetune_base=True)
-    fit(aug, data, data, fit_params(TextCTRParams(max_epochs=1, lr=0.05, batch_size=16)), seed=0)
-    assert not torch.equal(base.emb.table.weight, before)
+def test_forward_by_hand():
+    """logit = f_id + head([f_id, n(facts), P n(text)]) with n the stored standardisation."""
+    base = build_model("lr", toy_fmap(), SMALL, seed=0).eval()
+    mean, std = [0.5] * E, [2.0] * E
+    aug = TextAugmentedCTR(base, BLOCKS, proj_dim=3, hidden=[], mean=mean, std=std).eval()
+    torch.nn.init.normal_(aug.head[-1].weight)
+    batch = toy_data(8).take(torch.arange(8))
+    u = (batch["text"] - 0.5) / 2.0
+    f = base(batch)
+    x = torch.cat([f[:, None], u[:, :2], aug.proj["text"](u[:, 2:])], dim=1)
+    expected = f + aug.head[-1](x).squeeze(-1)
+    torch.testing.assert_close(aug(batch), expected)
+    assert "facts" not in aug.proj  # narrower than proj_dim: read as it is
+    with pytest.raises(ValueError, match="expects 12 input columns"):
+        aug({**batch, "text": batch["text"][:, :5]})
 
 
-def test_save_load_round_trip_and_ic_probability(tmp_path):
+def test_save_load_round_trip_and_probability(tmp_path):
     fmap, data = toy_fmap(), toy_data(40)
-    aug = TextAugmentedCTR(build_model("din", fmap, SMALL, seed=0), text_dim=E, proj_dim=3, hidden=[6, 4])
+    aug = TextAugmentedCTR(build_model("din", fmap, SMALL, seed=0), BLOCKS, proj_dim=3, hidden=[6, 4],
+                           mean=[0.1] * E, std=[1.5] * E)
     torch.nn.init.normal_(aug.head[-1].weight)  # a non-trivial head
     save_text_ctr(tmp_path / "aug.pt", aug, SMALL, {"valid_auc": 0.5})
     loaded = load_text_ctr(tmp_path / "aug.pt", fmap)
     assert loaded.config() == aug.config() and loaded.base_name == "din"
-    probs = ic_probability(loaded, data)
-    np.testing.assert_array_equal(probs, ic_probability(aug, data))
+    probs = aug_probability(loaded, data)
+    np.testing.assert_array_equal(probs, aug_probability(aug, data))
     np.testing.assert_allclose(probs, predict(aug, data, batch_size=7), rtol=1e-6)
-    other = np.zeros((len(data), E), dtype=np.float32)  # explicit embeddings override data.text
-    np.testing.assert_allclose(ic_probability(aug, data, other), predict(aug, with_text(data, other), 64), rtol=1e-6)
     with pytest.raises(ValueError, match="do not match"):
-        with_text(data, other[:3])
+        with_text(data, np.zeros((3, E), dtype=np.float32))
 
 
 @pytest.fixture(scope="module")
@@ -153,8 +164,8 @@ def test_an_informative_text_beats_the_id_model_on_a_real_slice(trained_din):
     train = with_text(data["train"], synthetic_text(data["train"].labels))
     valid = with_text(data["valid"], synthetic_text(data["valid"].labels))
     tp = TextCTRParams(proj_dim=8, hidden=[16], max_epochs=2, patience=2, lr=0.005, batch_size=256)
-    aug, res = train_text_ctr(base, train, valid, tp, seed=0)
-    aug_auc = binary_metrics(valid.labels.numpy(), ic_probability(aug, valid))["auc"]
+    aug, res = train_text_ctr(base, [("text", 384)], train, valid, tp, seed=0)
+    aug_auc = binary_metrics(valid.labels.numpy(), aug_probability(aug, valid))["auc"]
     print(f"\nvalid AUC: DIN {base_auc:.4f}  ExpCTR-Aug(synthetic text) {aug_auc:.4f}")
     assert aug_auc == pytest.approx(res.best_valid_auc, abs=1e-6)
     assert aug_auc > base_auc + 0.05, (base_auc, aug_auc, res.curve)
@@ -170,9 +181,9 @@ def test_noise_text_keeps_the_id_model(trained_din):
     # few rows + a high learning rate: the head memorises noise and hurts validation
     small = CTRData(**data["train"].take(torch.arange(64)))
     tp = TextCTRParams(proj_dim=8, hidden=[16], max_epochs=3, patience=3, lr=0.05, batch_size=8)
-    aug, res = train_text_ctr(base, with_text(small, noise["train"][:64]), with_text(data["valid"], noise["valid"]),
-                              tp, seed=0)
+    aug, res = train_text_ctr(base, [("text", 384)], with_text(small, noise["train"][:64]),
+                              with_text(data["valid"], noise["valid"]), tp, seed=0)
     assert res.curve[0]["epoch"] == 0 and res.curve[0]["train_loss"] is None
     print("\nnoise-text curve:", [(r["epoch"], round(r["valid_auc"], 4)) for r in res.curve])
     assert res.best_epoch == 0, res.curve
-    np.testing.assert_allclose(ic_probability(aug, with_text(data["valid"], noise["valid"])), base_probs, atol=1e-6)
+    np.testing.assert_allclose(aug_probability(aug, with_text(data["valid"], noise["valid"])), base_probs, atol=1e-6)

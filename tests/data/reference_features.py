@@ -183,7 +183,7 @@ def _mean(s: pl.Series) -> float:
 
 
 def write_reference(raw: Path, params: FeatureParams, seed: int, out: Path) -> None:
-    """The old features stage's files (without validation) from a raw_data directory."""
+    """The reference build's features files (without validation) from a raw_data directory."""
     tables = {name: pl.read_parquet(raw / f"{name}.parquet") for name in ("interactions", "items", "users")}
     frames, catalogue, fmap, _ = build_features(tables["interactions"], tables["items"], tables["users"], params, seed)
     out.mkdir(parents=True)

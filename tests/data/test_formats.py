@@ -474,7 +474,7 @@ def test_bookcrossing_errors(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes() + b'"276728";"04')  # last line cut inside a quoted field
     with pytest.raises(DataFormatError) as exc:
         read_bookcrossing(tmp_path)
-    assert_error(exc, "BX-Book-Ratings.csv", "row 5", "expected 3", "unterminated quoted field", "truncated")
+    assert_error(exc, "BX-Book-Ratings.csv", "row 5", "unclosed quote", "opens at column 10", "expected 3", "truncated")
     path.write_bytes(path.read_bytes()[: -len(b'"276728";"04')] + b'"276728";"0446520802"\r\n')
     with pytest.raises(DataFormatError) as exc:
         read_bookcrossing(tmp_path)

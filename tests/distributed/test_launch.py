@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from support import TINY_SLICE, VENV_BIN, make_params
 from pydantic import ValidationError
+from support import TINY_SLICE, VENV_BIN, make_params
 
 from expctr import distributed
 from expctr.config import DistributedParams
@@ -72,7 +72,8 @@ def test_invalid_distributed_params_are_refused():
 def test_the_stage_cli_reports_a_missing_machine_rank_before_launching(tmp_path, not_launched):
     make_params(tmp_path, **{**TINY_SLICE, "distributed.num_processes": 4, "distributed.num_machines": 2,
                              "distributed.main_process_ip": "127.0.0.1", "distributed.main_process_port": 29500})
-    proc = subprocess.run([str(VENV_BIN / "expctr"), "ctr-model", "--root", str(tmp_path)], capture_output=True,
+    proc = subprocess.run([str(VENV_BIN / "expctr"), "ctr-model", "--root", str(tmp_path)], check=False,
+                          capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "EXPCTR_MACHINE_RANK" in proc.stderr and "Traceback" not in proc.stderr

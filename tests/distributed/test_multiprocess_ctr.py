@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +67,8 @@ def stage_project(root: Path, features_from: Path, processes: int) -> Path:
 
 
 def run_stage(root: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(VENV_BIN / "expctr"), "ctr-model", "--root", str(root)], capture_output=True,
+    proc = subprocess.run([str(VENV_BIN / "expctr"), "ctr-model", "--root", str(root)], check=False,
+                          capture_output=True,
                           text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
     return proc

@@ -27,11 +27,12 @@ from support import REPO_ROOT, make_params
 from test_multiprocess_ctr import AUDIT_SITECUSTOMIZE
 
 from expctr.config import load_params
+from expctr.data.pairs import attach_items, sample_pairs
 from expctr.explainer import rl_launch
-from expctr.explainer.pairs import attach_items, sample_pairs
-from expctr.explainer.rl import build_prompt_dataset, run_rl_stage
+from expctr.explainer.dataset import build_prompt_dataset
+from expctr.explainer.rl import run_rl_stage
 from expctr.llm.base_model import load_tokenizer
-from expctr.llm.prompts import EXPLANATION_PREFIX
+from expctr.llm.verdicts import EXPLANATION_PREFIX
 from expctr.paths import ProjectPaths
 
 pytestmark = pytest.mark.multiprocess
@@ -43,7 +44,7 @@ REL_TOL = 0.1  # of how far training moved the adapter: measured 4.8e-5 for a mo
 def project(tmp_path_factory, tiny_real_project: Path, base_model_dir: Path) -> Path:
     root = tmp_path_factory.mktemp("rl2")
     make_params(root, **{"distributed.num_processes": 2, "distributed.stages": ["explainer_rl"],
-                         "llm.threads": 1, "llm.max_prompt_tokens": 176, "rl.lora_dropout": 0.0, "rl.verdict_batch_size": 4,
+                         "llm.threads": 1, "llm.max_prompt_tokens": 120, "rl.lora_dropout": 0.0, "rl.verdict_batch_size": 4,
                          "rl.prompts_per_step": 2, "rl.num_generations": 2, "rl.max_completion_length": 8,
                          "data.cache_dir": str(REPO_ROOT / ".cache" / "expctr")})
     (root / "models").mkdir()
@@ -58,7 +59,7 @@ def project(tmp_path_factory, tiny_real_project: Path, base_model_dir: Path) -> 
 def _inputs(root: Path):
     tok = load_tokenizer(root / "models" / "base_llm")
     pairs = pl.read_parquet(root / "pairs.parquet")
-    data = build_prompt_dataset(pairs, tok, 176, EXPLANATION_PREFIX)
+    data = build_prompt_dataset(pairs, tok, 120, EXPLANATION_PREFIX)
     labels = pairs["label"].to_numpy()
     return data, ([0.9 if y else 0.1 for y in labels], [0.1 if y else 0.9 for y in labels]), pairs
 

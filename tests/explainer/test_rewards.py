@@ -16,22 +16,14 @@ from support import TEST_THREADS as THREADS
 
 from expctr.config import CTRParams, RewardParams
 from expctr.ctr.models import build_model
-from expctr.ctr.text_augmented import TextAugmentedCTR
 from expctr.data.features import FeatureMap
-from expctr.explainer.rewards import (
-    CombinedReward,
-    FormatReward,
-    ICAgreementReward,
-    ICReward,
-    JudgeScorer,
-    LCReward,
-    combine,
-    completion_text,
-    copied_ngram,
-    soft_target_reward,
-    stage_reward,
-    stance,
-)
+from expctr.explainer.rewards.combine import CombinedReward, combine, stage_reward
+from expctr.explainer.rewards.common import soft_target_reward
+from expctr.explainer.rewards.format import FormatReward, copied_ngram
+from expctr.explainer.rewards.ic import ICAgreementReward
+from expctr.explainer.rewards.lc import LCReward
+from expctr.llm.explanations import completion_text, stance
+from expctr.llm.judge import JudgeScorer
 from expctr.llm.prompts import EXPLAINER_TASK, explainer_messages, judge_messages
 
 HISTORY = [
@@ -144,9 +136,9 @@ def test_ic_agreement_reward_by_hand_and_without_labels():
         ic(prompts=["p"], completions=[POS], history=[HISTORY], target=[TARGET])
 
 
-def test_ic_agreement_reward_computes_p_id_from_the_id_model(aug):
+def test_ic_agreement_reward_computes_p_id_from_the_id_model(id_model):
     """Without a `p_id` column the ID model scores the pair's ID features (again no label)."""
-    base, columns = aug.base, IC_COLUMNS
+    base, columns = id_model, IC_COLUMNS
     scorer = TableScorer({readout(POS): 0.8})
     n = len(columns["user_idx"])
     ic = ICAgreementReward(LCReward(scorer), id_model=base, kind="prob")
@@ -217,28 +209,13 @@ def test_real_judge_rewards_an_explanation_that_states_the_true_label(judge):
 
 # --- IC ------------------------------------------------------------------------------------------------------
 
-K, G, E = 4, 3, 8
+K, G = 4, 3
 
 
 def toy_fmap() -> FeatureMap:
     vocab = lambda n, p: {f"{p}{i}": i + 2 for i in range(n)}
     return FeatureMap({"user": vocab(5, "u"), "item": vocab(7, "i"), "gender": vocab(2, "g"), "age": vocab(3, "a"),
                        "occupation": vocab(4, "o"), "decade": vocab(2, "d"), "genre": vocab(3, "x")}, K, G, 4.0)
-
-
-class HashEncoder:
-    """A deterministic stand-in sentence encoder; records the texts it embeds."""
-
-    def __init__(self):
-        self.seen = []
-
-    def __call__(self, texts):
-        self.seen.extend(texts)
-        out = []
-        for t in texts:
-            g = torch.Generator().manual_seed(sum(map(ord, t)) % 10_000)
-            out.append(torch.randn(E, generator=g).numpy())
-        return np.stack(out).astype(np.float32)
 
 
 IC_COLUMNS = {
@@ -249,59 +226,9 @@ IC_COLUMNS = {
     "hist_click": [[0, 2, 1, 2], [0, 0, 1, 1], [2, 2, 1, 2]],
     "label": [1, 0, 1],
 }
-IC_COMPLETIONS = [POS + " Trailing text.", NEG, "The user will probably enjoy it."]
-
-
 @pytest.fixture
-def aug():
-    base = build_model("din", toy_fmap(), CTRParams(embed_dim=4, mlp_dims=[8]), seed=0)
-    model = TextAugmentedCTR(base, text_dim=E, proj_dim=3, hidden=[5])
-    with torch.no_grad():  # a known, non-zero head so the text matters
-        model.head[-1].weight.copy_(torch.tensor([[0.5, -1.0, 0.8, 0.3, -0.7]]))
-        model.head[-1].bias.fill_(0.2)
-    return model.eval()
-
-
-def independent_probs(model, encoder):
-    """p_aug and p_id computed by hand from tensors (not through the reward's batch builder)."""
-    c = IC_COLUMNS
-    batch = {
-        "fields": torch.tensor([c[k] for k in ("user_idx", "item_idx", "gender_idx", "age_idx", "occupation_idx",
-                                               "decade_idx")]).T,
-        "genres": torch.tensor(c["genre_idx"]), "hist_items": torch.tensor(c["hist_item_idx"]),
-        "hist_clicks": torch.tensor(c["hist_click"]),
-    }
-    text = torch.tensor(encoder([POS, NEG, "The user will probably enjoy it."]))
-    with torch.no_grad():
-        p_aug = torch.sigmoid(model({**batch, "text": text})).double().numpy()
-        p_id = torch.sigmoid(model.base(batch)).double().numpy()
-    return p_aug, p_id
-
-
-def test_ic_reward_is_the_aug_models_log_probability_of_the_true_label(aug):
-    enc = HashEncoder()
-    p_aug, p_id = independent_probs(aug, HashEncoder())
-    assert not np.allclose(p_aug, p_id)  # the head is live
-    y = np.array(IC_COLUMNS["label"])
-    p_true = np.where(y == 1, p_aug, 1 - p_aug)
-
-    got = ICReward(aug, enc, kind="logprob")(prompts=["p"] * 3, completions=IC_COMPLETIONS, **IC_COLUMNS)
-    assert got == pytest.approx(np.log(p_true), abs=1e-6)
-    assert enc.seen == [POS, NEG, "The user will probably enjoy it."]  # first sentences are embedded
-
-    prob = ICReward(aug, HashEncoder(), kind="prob")(prompts=["p"] * 3, completions=IC_COMPLETIONS, **IC_COLUMNS)
-    assert prob == pytest.approx(p_true, abs=1e-6)
-
-    w = 0.5
-    cons = ICReward(aug, HashEncoder(), kind="logprob", consistency_weight=w)
-    got = cons(prompts=["p"] * 3, completions=IC_COMPLETIONS, **IC_COLUMNS)
-    assert got == pytest.approx(np.log(p_true) - w * np.abs(p_aug - p_id), abs=1e-6)
-
-
-def test_ic_reward_names_missing_feature_columns(aug):
-    cols = {k: v for k, v in IC_COLUMNS.items() if k != "hist_click"}
-    with pytest.raises(KeyError, match="hist_click"):
-        ICReward(aug, HashEncoder())(prompts=["p"] * 3, completions=IC_COMPLETIONS, **cols)
+def id_model():
+    return build_model("din", toy_fmap(), CTRParams(embed_dim=4, mlp_dims=[8]), seed=0).eval()
 
 
 # --- format --------------------------------------------------------------------------------------------------
@@ -333,9 +260,9 @@ def test_stance(text, expected):
     ("...", ["empty"]),
     (POS + " It is also a classic.", ["multi_sentence"]),
     ("The Lion King is a 1994 animated musical about a young lion.", ["no_verdict"]),
-    ("The user will probably enjoy it: in one sentence, will the user enjoy it, sure.", ["copy"]),
+    ("The user will probably enjoy it: in one sentence, will the user enjoy the target movie, sure.", ["copy"]),
     ("The user will probably enjoy it because " + "it has songs and " * 12 + "lions.", ["too_long"]),
-    ("The Lion King is a film. In one sentence, will the user enjoy it, and why.",
+    ("The Lion King is a film. In one sentence, will the user enjoy the target movie, and why.",
      ["multi_sentence", "no_verdict", "copy"]),
 ])
 def test_format_penalties(completion, violations):

@@ -2,8 +2,8 @@
 
 One GRPO step (2 prompts x 2 completions of <= 12 tokens) with a plain deterministic reward must move the
 LoRA weights and leave every base weight bit-identical (like TRL's own PEFT test); the saved adapter
-directory holds only the adapter files, reloads to the same tensors, and a continued stage (verdict step, then a
-GRPO step under verdicts drawn from the policy) starts from them.
+directory holds only the adapter files, reloads to the same tensors, and a continued stage (a GRPO step under
+the policy's own graded verdicts) starts from them.
 """
 
 from __future__ import annotations
@@ -18,25 +18,19 @@ import torch
 from support import TEST_THREADS as THREADS
 
 from expctr.config import LLMParams, RLParams
+from expctr.data.pairs import attach_items, sample_pairs
 from expctr.errors import ExpCTRError
-from expctr.explainer.pairs import attach_items, sample_pairs
-from expctr.explainer.rl import (
-    ADAPTER_FILES,
-    ID_COLUMNS,
-    adapter_weights,
-    build_prompt_dataset,
-    completion_text,
-    grpo_config,
-    load_explainer,
-    micro_batch_size,
-    run_rl_stage,
-    save_adapter,
-    train_policy,
-)
+from expctr.explainer.dataset import ID_COLUMNS, build_prompt_dataset
+from expctr.explainer.grpo import grpo_config, micro_batch_size, train_policy
+from expctr.explainer.lora import adapter_weights
+from expctr.explainer.rl import run_rl_stage
+from expctr.llm.adapters import ADAPTER_FILES, load_explainer, save_adapter
 from expctr.llm.base_model import load_model, load_tokenizer
-from expctr.llm.prompts import encode_messages
+from expctr.llm.explanations import completion_text
+from expctr.llm.prompts import shared_part_tokens
+from expctr.llm.verdicts import EXPLANATION_PREFIX, VERDICT_GRADES
 
-MAX_PROMPT_TOKENS = 150  # below the full 10-item history's prompt: fitting must drop items
+MAX_PROMPT_TOKENS = 100  # below the full 10-item history's shared part: fitting must drop items
 RL = RLParams(prompts_per_step=2, num_generations=2, max_completion_length=12)
 LLM = LLMParams(threads=THREADS, max_prompt_tokens=MAX_PROMPT_TOKENS)
 
@@ -98,9 +92,12 @@ def _sha256(path: Path) -> str:
 def test_prompt_dataset_fits_the_budget_and_carries_reward_columns(dataset, pairs, tokenizer):
     assert len(dataset) == 2
     for row, full_history in zip(dataset, pairs["history"].to_list()):
-        n_tokens = len(encode_messages(tokenizer, row["prompt"]))
-        assert n_tokens <= MAX_PROMPT_TOKENS
+        # the shared part (system, task, history) fits the budget; one more history item would not
+        assert shared_part_tokens(tokenizer, row["history"]) <= MAX_PROMPT_TOKENS
+        one_more = full_history[row["n_history_dropped"] - 1:]
+        assert shared_part_tokens(tokenizer, one_more) > MAX_PROMPT_TOKENS
         assert [m["role"] for m in row["prompt"]] == ["system", "user"]
+        assert row["prompt"][1]["content"].index("Liked:") < row["prompt"][1]["content"].index("Target:")
         # the oldest items were dropped, the most recent kept, and `history` is what the explainer saw
         assert row["n_history_dropped"] > 0
         assert len(row["history"]) + row["n_history_dropped"] == len(full_history)
@@ -115,28 +112,28 @@ def test_prompt_dataset_fits_the_budget_and_carries_reward_columns(dataset, pair
 
 
 def test_prompt_dataset_with_an_assistant_prefix(pairs, tokenizer):
-    prefix = "The user will probably"
+    prefix = EXPLANATION_PREFIX
     ds = build_prompt_dataset(pairs, tokenizer, MAX_PROMPT_TOKENS, assistant_prefix=prefix)
     for row in ds:
         assert isinstance(row["prompt"], str) and row["prompt"].endswith(prefix)
-        assert len(tokenizer(row["prompt"])["input_ids"]) <= MAX_PROMPT_TOKENS  # what TRL will feed
         assert row["explanation_prefix"] == prefix
-    assert completion_text(" not enjoy it.", prefix) == "The user will probably not enjoy it."
+        assert set(row["facts"]) >= {"liked_share", "n_liked", "liked_sharing"}
+    assert completion_text(" not enjoy it.", prefix) == "The user will not enjoy it."
     assert completion_text([{"role": "assistant", "content": "Fine."}]) == "Fine."
 
 
 def test_prompt_dataset_per_row_prefixes_and_no_label(pairs, tokenizer):
     """Verdict-opened prompts (one prefix per row) share the history fitted for the plain prefix, and a frame
     without labels (the IC stage's) still builds."""
-    from expctr.llm.prompts import verdict_prefix
+    from expctr.llm.verdicts import verdict_prefix
 
-    plain = build_prompt_dataset(pairs, tokenizer, MAX_PROMPT_TOKENS, "The user will probably")
+    plain = build_prompt_dataset(pairs, tokenizer, MAX_PROMPT_TOKENS, EXPLANATION_PREFIX)
     opened = build_prompt_dataset(pairs.drop("label"), tokenizer, MAX_PROMPT_TOKENS,
                                   [verdict_prefix(True), verdict_prefix(False)])
     assert "label" not in opened.column_names
     assert [r["explanation_prefix"] for r in opened] == [verdict_prefix(True), verdict_prefix(False)]
     assert opened["history"] == plain["history"]
-    assert opened[1]["prompt"].endswith("The user will probably not enjoy")
+    assert opened[1]["prompt"].endswith("The user will likely not enjoy")
 
 
 def test_prompt_dataset_errors(pairs, tokenizer):
@@ -145,7 +142,7 @@ def test_prompt_dataset_errors(pairs, tokenizer):
     with pytest.raises(ExpCTRError, match="3 assistant prefixes for 2 pairs"):
         build_prompt_dataset(pairs, tokenizer, MAX_PROMPT_TOKENS, ["a", "b", "c"])
     with pytest.raises(ValueError, match="does not fit"):
-        build_prompt_dataset(pairs, tokenizer, 64)
+        build_prompt_dataset(pairs, tokenizer, 48)
 
 
 def test_grpo_config_is_the_cpu_profile():
@@ -229,7 +226,6 @@ def test_saved_adapter_reloads_and_a_continued_stage_starts_from_it(trained, bas
     # A GRPO step with a constant reward has zero advantages and leaves the weights exactly where they started
     # (the verdict step is skipped: no verdict data), so the continued adapter equals the saved one only if
     # training really began from it (a fresh adapter would still have lora_B == 0).
-    from expctr.llm.prompts import verdict_prefix
 
     base_file = Path(base_model_dir) / "model.safetensors"
     base_sha = _sha256(base_file)
@@ -238,9 +234,12 @@ def test_saved_adapter_reloads_and_a_continued_stage_starts_from_it(trained, bas
     result = run_rl_stage(base_model_dir, tmp_path / "continued", reward, RL, LLM, seed=1, reason_pairs=pairs,
                           reason_steps=1, init_adapter_dir=adapter_dir, log_path=log_path)
     (call,) = reward.calls
-    # the GRPO prompts open the assistant turn with a verdict drawn from the policy (TRL's plain-text path)
+    # the GRPO prompts open the assistant turn with the policy's verdict, graded by its confidence and naming
+    # the target (TRL's plain-text path)
     assert all(isinstance(c, str) for c in call["completions"])
-    assert set(call["explanation_prefix"]) <= {verdict_prefix(True), verdict_prefix(False)}
+    for pre, target in zip(call["explanation_prefix"], call["target"]):
+        assert any(pre.startswith(f"{EXPLANATION_PREFIX} {g.words} ") for g in VERDICT_GRADES), pre
+        assert f'"{target["title"]}"' in pre
     assert all(p.endswith(pre) for p, pre in zip(call["prompts"], call["explanation_prefix"]))
     assert "verdict" not in result["summary"] and result["summary"]["reason"]["steps"] == 1
     assert sorted(p.name for p in (tmp_path / "continued").iterdir()) == sorted(ADAPTER_FILES)

@@ -12,20 +12,23 @@ import torch
 from support import TEST_THREADS
 
 from expctr.config import RLParams
-from expctr.explainer.rewards import FormatReward, ICAgreementReward, LCReward, stage_reward
-from expctr.explainer.rl import attach_adapter, build_prompt_dataset, prompt_token_ids
-from expctr.explainer.rounds import verdict_rewards
+from expctr.explainer.dataset import build_prompt_dataset, prompt_token_ids
+from expctr.explainer.lora import attach_adapter
+from expctr.explainer.rewards.combine import stage_reward
+from expctr.explainer.rewards.format import FormatReward
+from expctr.explainer.rewards.ic import ICAgreementReward
+from expctr.explainer.rewards.lc import LCReward
+from expctr.explainer.stage_rewards import verdict_rewards
 from expctr.explainer.verdict import (
     expected_reward,
     quarter_means,
-    sample_verdicts,
     score_verdicts,
     train_verdicts,
     verdict_target,
-    verdict_token_ids,
 )
 from expctr.llm.base_model import load_tokenizer
-from expctr.llm.prompts import EXPLANATION_PREFIX, judge_messages, verdict_sentence
+from expctr.llm.prompts import judge_messages
+from expctr.llm.verdicts import EXPLANATION_PREFIX, verdict_sentence, verdict_token_ids
 
 HIST = [{"title": "Toy Story", "year": 1995, "genres": ["Animation", "Comedy"], "liked": True},
         {"title": "Heat", "year": 1995, "genres": ["Action", "Crime"], "liked": False}]
@@ -49,7 +52,7 @@ def pairs_frame(labels, p_id, pos, neg) -> pl.DataFrame:
 
 def no_judge():
     """A judge scorer without a model: every reading must come from the precomputed columns (a pass would fail)."""
-    from expctr.explainer.rewards import JudgeScorer
+    from expctr.llm.judge import JudgeScorer
 
     return JudgeScorer(model=None, tokenizer=None)
 
@@ -75,7 +78,7 @@ def test_expected_reward_and_tilted_target_by_hand():
 def test_verdict_rewards_are_the_stage_reward_of_the_bare_verdicts(tokenizer):
     """r+/r- equal the LC / IC formulas applied to the judge's precomputed readings, and the judge is never run."""
     frame = pairs_frame([1, 0, 1, 0], [0.9, 0.8, 0.3, 0.1], [0.95, 0.9, 0.92, 0.97], [0.3, 0.2, 0.25, 0.35])
-    dataset = build_prompt_dataset(frame, tokenizer, 176, EXPLANATION_PREFIX)
+    dataset = build_prompt_dataset(frame, tokenizer, 120, EXPLANATION_PREFIX)
     judge = no_judge()
     lc = LCReward(judge, kind="prob", name="lc")
     # as the rounds build it: the bare verdict sentences carry no reason, so the format part is off
@@ -85,7 +88,7 @@ def test_verdict_rewards_are_the_stage_reward_of_the_bare_verdicts(tokenizer):
     assert rp == pytest.approx(np.where(y == 1, jp, 1 - jp).tolist())
     assert rn == pytest.approx(np.where(y == 1, jn, 1 - jn).tolist())
     ic = ICAgreementReward(lc, kind="prob", name="ic")
-    label_free = build_prompt_dataset(frame.drop("label"), tokenizer, 176, EXPLANATION_PREFIX)
+    label_free = build_prompt_dataset(frame.drop("label"), tokenizer, 120, EXPLANATION_PREFIX)
     rp, rn = verdict_rewards(stage_reward("ic", weights, lc=lc, ic=ic, fmt=FormatReward()), judge, label_free)
     t = frame["p_id"].to_numpy()
     assert rp == pytest.approx((t * jp + (1 - t) * (1 - jp)).tolist())
@@ -112,7 +115,7 @@ def test_one_verdict_pass_moves_the_verdict_toward_the_better_reward(base_model_
     rl = RLParams(lora_layers_from=26)
     policy = attach_adapter(model, rl)
     frame = pairs_frame([0, 0, 0, 0], [0.1] * 4, [0.9] * 4, [0.2] * 4)
-    ids = prompt_token_ids(build_prompt_dataset(frame, tokenizer, 176, EXPLANATION_PREFIX), tokenizer)
+    ids = prompt_token_ids(build_prompt_dataset(frame, tokenizer, 120, EXPLANATION_PREFIX), tokenizer)
     tokens = verdict_token_ids(tokenizer)
     before = score_verdicts(policy, tokenizer, ids, tokens)
     base_before = {n: p.detach().clone() for n, p in policy.named_parameters() if "lora_" not in n}
@@ -127,9 +130,6 @@ def test_one_verdict_pass_moves_the_verdict_toward_the_better_reward(base_model_
     assert lora_layers == set(range(26, model.config.num_hidden_layers))
 
 
-def test_sample_verdicts_and_quarter_means():
-    drawn = sample_verdicts(np.array([50.0, -50.0, 0.0] * 200), seed=1)
-    assert drawn[0::3].all() and not drawn[1::3].any() and 0.4 < drawn[2::3].mean() < 0.6
-    assert (sample_verdicts(np.zeros(10), seed=3) == sample_verdicts(np.zeros(10), seed=3)).all()
+def test_quarter_means():
     assert quarter_means([1, 2, 3, 4, 5, 6, 7, 8]) == (1.5, 7.5)
     assert quarter_means([0.2]) == (0.2, 0.2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from expctr.llm.judge import judge_p_yes, yes_no_token_ids
+from expctr.llm.judge import judge_p_yes, judge_p_yes_grouped, yes_no_token_ids
 from expctr.llm.prompts import Item, judge_messages
 
 HISTORY = [
@@ -66,7 +66,7 @@ def test_p_yes_is_the_same_alone_and_in_a_padded_batch(model, tokenizer):
 
 
 def test_judge_follows_a_stated_stance(model, tokenizer):
-    """DESIGN.md §1: under the shipped readout the judge must follow the stance an explanation states."""
+    """Under the shipped readout the judge must follow the stance an explanation states."""
     pos_msgs, neg_msgs = [], []
     for k, t in enumerate(TARGETS):
         reason = REASONS[k % len(REASONS)]
@@ -81,6 +81,20 @@ def test_judge_follows_a_stated_stance(model, tokenizer):
           f"AUC={separation:.3f}")
     assert pos.mean() - neg.mean() > 0.3
     assert separation >= 0.9
+
+
+def test_judge_reads_the_graded_verdicts_in_order(model, tokenizer):
+    """The graded openings carry the explainer's confidence only if the judge reads them in order: the mean
+    P(Yes) over targets falls grade by grade, and the two sides stay far apart."""
+    from expctr.llm.verdicts import VERDICT_GRADES, verdict_sentence
+
+    groups = [[judge_messages(HISTORY, t, verdict_sentence(g.min_p, t)) for g in VERDICT_GRADES] for t in TARGETS]
+    p = np.array(judge_p_yes_grouped(model, tokenizer, groups, batch_size=4))
+    means = p.mean(0)
+    print("\njudge P(Yes) per grade:", dict(zip((g.words + g.hedge for g in VERDICT_GRADES), means.round(3))))
+    assert (np.diff(means) < 0).all(), means
+    positive = np.array([g.positive for g in VERDICT_GRADES])
+    assert means[positive].min() - means[~positive].max() > 0.2
 
 
 def test_grouped_judge_equals_the_plain_judge(model, tokenizer):

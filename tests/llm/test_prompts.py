@@ -1,4 +1,5 @@
-"""Prompt building: order, the compact prompt's evidence line and token budget (oldest dropped first),
+"""Prompt building: order (task, history, then the target), the evidence line, the facts the prompt states,
+the shared part's token budget (oldest dropped first, never depending on the target), graded verdicts,
 sanitised titles, judge readout shape."""
 
 from __future__ import annotations
@@ -11,12 +12,19 @@ from expctr.llm.prompts import (
     Item,
     encode_messages,
     explainer_messages,
-    fit_history,
-    fitted_explainer_history,
+    fitted_history,
     format_item,
     judge_messages,
+    prompt_facts,
     render_messages,
     shared_genres,
+    shared_part_tokens,
+)
+from expctr.llm.verdicts import (
+    EXPLANATION_PREFIX,
+    VERDICT_GRADES,
+    grade_of,
+    verdict_opening,
     verdict_prefix,
     verdict_sentence,
 )
@@ -69,24 +77,68 @@ def test_evidence_line_counts_liked_and_disliked_movies_sharing_a_genre():
 
 
 def test_compact_prompt_budget(tokenizer):
-    """The whole rendered explainer prompt of a 10-item history stays near 150 tokens (the old one was ~340),
-    and the fitted history keeps it within llm.max_prompt_tokens."""
-    opened = explainer_messages(HISTORY, TARGET) + [{"role": "assistant", "content": verdict_prefix(True)}]
+    """The whole rendered explainer prompt of a 10-item history stays under ~200 tokens, and the fitted history
+    keeps the shared part within llm.max_prompt_tokens."""
+    opened = explainer_messages(HISTORY, TARGET) + [{"role": "assistant", "content": EXPLANATION_PREFIX}]
     n = len(encode_messages(tokenizer, opened))
-    assert 100 <= n <= 176, n
-    kept = fitted_explainer_history(tokenizer, HISTORY, TARGET, 130)
+    assert 100 <= n <= 200, n
+    kept = fitted_history(tokenizer, HISTORY, 90)
     assert kept == HISTORY[len(HISTORY) - len(kept):] and len(kept) < len(HISTORY)
 
 
-def test_verdict_openings_and_sentences():
+def test_one_users_prompts_share_everything_before_the_target_line(tokenizer):
+    """Two candidates of one user: the same fitted history, and token ids equal up to the target line."""
+    other = Item("Heat 2", 2000, ("Action", "Drama"), viewers=12, liked_share=0.4)
+    a = encode_messages(tokenizer, explainer_messages(fitted_history(tokenizer, HISTORY, 90), TARGET))
+    b = encode_messages(tokenizer, explainer_messages(fitted_history(tokenizer, HISTORY, 90), other))
+    n = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+    shared = shared_part_tokens(tokenizer, fitted_history(tokenizer, HISTORY, 90))
+    assert n >= shared - 3  # all but the template's closing tokens of the shared part
+    common = tokenizer.decode(a[:n])
+    assert common.endswith('Target: "') and '"Nixon"' in common  # they part at the target's title
+
+
+def test_prompt_facts_are_the_numbers_the_prompt_states():
+    rated = Item("The Lion King", 1994, ("Animation", "Children's", "Musical"), viewers=99, liked_share=0.75)
+    facts = prompt_facts(HISTORY, rated)
+    assert facts["liked_share"] == 0.75 and facts["unrated"] == 0.0
+    assert facts["log_viewers"] == pytest.approx(4.60517, abs=1e-5)  # log(1 + 99)
+    assert facts["liked_sharing"] == 5 and facts["disliked_sharing"] == 0
+    assert facts["n_liked"] == 5 and facts["n_disliked"] == 5
+    unrated = prompt_facts(HISTORY[:2], Item("New", 2000, ("Drama",), viewers=0), prior_share=0.55)
+    assert unrated == {"liked_share": 0.55, "log_viewers": 0.0, "unrated": 1.0, "liked_sharing": 0.0,
+                       "disliked_sharing": 0.0, "n_liked": 1.0, "n_disliked": 1.0}
+
+
+def test_fitted_history_drops_oldest_first_and_ignores_the_target(tokenizer):
+    full = shared_part_tokens(tokenizer, HISTORY)
+    assert fitted_history(tokenizer, HISTORY, full) == HISTORY
+    keep3, keep4 = shared_part_tokens(tokenizer, HISTORY[-3:]), shared_part_tokens(tokenizer, HISTORY[-4:])
+    assert keep3 < keep4 < full
+    for budget in (keep3, keep4 - 1):
+        assert fitted_history(tokenizer, HISTORY, budget) == HISTORY[-3:]  # the 3 most recent survive
+    with pytest.raises(ValueError, match="does not fit"):
+        fitted_history(tokenizer, HISTORY, 10)
+
+
+def test_graded_verdicts():
+    """The grade follows the confidence, the side follows pi >= 0.5, and each opening names the target."""
+    assert [g.min_p for g in VERDICT_GRADES] == sorted((g.min_p for g in VERDICT_GRADES), reverse=True)
+    assert grade_of(0.93).words == "surely enjoy" and grade_of(0.8).words == "surely enjoy"
+    assert grade_of(0.55) == VERDICT_GRADES[2] and grade_of(0.05).words == "almost certainly not enjoy"
+    assert all(grade_of(p).positive == (p >= 0.5) for p in (0.0, 0.2, 0.49, 0.5, 0.51, 0.99))
     assert verdict_prefix(True) == "The user will probably enjoy"
-    assert verdict_prefix(False) == "The user will probably not enjoy"
-    assert verdict_sentence(False, TARGET) == 'The user will probably not enjoy "The Lion King".'
+    assert verdict_prefix(False) == "The user will likely not enjoy"
+    assert verdict_opening(0.45, TARGET) == ('The user will probably not enjoy "The Lion King", though it could '
+                                             "go either way")
+    assert verdict_sentence(False, TARGET) == 'The user will likely not enjoy "The Lion King".'
+    assert all(verdict_opening(g.min_p, TARGET).startswith(EXPLANATION_PREFIX + " ") for g in VERDICT_GRADES)
 
 
 def test_explainer_asks_for_a_verdict_and_a_reason_and_judge_ends_with_readout():
     task = _user_text(explainer_messages(HISTORY, TARGET))
-    assert "will the user enjoy it" in task and "similar movie or a shared genre" in task
+    assert "will the user enjoy the target movie" in task and "similar movie or a shared genre" in task
+    assert task.index("will the user enjoy") < task.index("Liked:") < task.index("Target:")
     expl = "The user will probably enjoy The Lion King because they liked Aladdin"
     msgs = judge_messages(HISTORY, TARGET, expl)
     assert msgs[-1]["role"] == "assistant"
@@ -98,30 +150,6 @@ def test_explainer_asks_for_a_verdict_and_a_reason_and_judge_ends_with_readout()
 def test_history_items_need_a_label():
     with pytest.raises(ValueError, match="liked"):
         explainer_messages([Item("Heat", 1995)], TARGET)
-
-
-def test_fit_history_drops_oldest_first_and_fits(tokenizer):
-    full = len(encode_messages(tokenizer, explainer_messages(HISTORY, TARGET)))
-    assert fit_history(tokenizer, HISTORY, TARGET, full) == HISTORY
-    keep3 = len(encode_messages(tokenizer, explainer_messages(HISTORY[-3:], TARGET)))
-    keep4 = len(encode_messages(tokenizer, explainer_messages(HISTORY[-4:], TARGET)))
-    assert keep3 < keep4 < full
-    for budget in (keep3, keep4 - 1):
-        kept = fit_history(tokenizer, HISTORY, TARGET, budget)
-        assert kept == HISTORY[-3:]  # the 3 most recent survive; the oldest 7 were dropped
-        assert len(encode_messages(tokenizer, explainer_messages(kept, TARGET))) <= budget
-    # the budget applies to whichever prompt `build` renders: for the judge prompt, the kept suffix fits and
-    # one more (older) item would not
-    def build(h, t):
-        return judge_messages(h, t, "The user will probably enjoy it because it is animated.")
-
-    kept = fit_history(tokenizer, HISTORY, TARGET, keep4, build=build)
-    assert 0 < len(kept) < len(HISTORY) and kept == HISTORY[len(HISTORY) - len(kept):]
-    assert len(encode_messages(tokenizer, build(kept, TARGET))) <= keep4
-    one_more = HISTORY[len(HISTORY) - len(kept) - 1:]
-    assert len(encode_messages(tokenizer, build(one_more, TARGET))) > keep4
-    with pytest.raises(ValueError, match="does not fit"):
-        fit_history(tokenizer, HISTORY, TARGET, 10)
 
 
 def test_injection_title_stays_quoted_on_one_line(tokenizer):

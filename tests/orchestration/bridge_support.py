@@ -13,7 +13,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the project venv: dagster, and dvc linked from DVC's own venv
 DVC = BIN / "dvc"
-DAGSTER = BIN / "dagster"
+DG = BIN / "dg"  # dagster-dg-cli: `dg launch`, `dg dev`
 
 # Stage 1 writes a data file, a metrics JSON and a GX-format result (success taken from params.yaml).
 MAKE_PY = """

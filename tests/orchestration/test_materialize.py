@@ -1,4 +1,4 @@
-"""End-to-end tests of the bridge: real `dagster` CLI and in-process runs driving real `dvc repro`."""
+"""End-to-end tests of the bridge: real `dg` CLI and in-process runs driving real `dvc repro`."""
 
 import importlib.metadata
 import json
@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
-from bridge_support import BIN, DAGSTER, DVC, make_dagster_home, make_dvc_repo, run, subprocess_env
+from bridge_support import BIN, DG, DVC, make_dagster_home, make_dvc_repo, run, subprocess_env
 
 from orchestration.definitions import JOB_NAME, build_definitions
 from orchestration.resources import DvcProject
@@ -50,10 +50,12 @@ def test_antlr_413_in_venv_and_dvc_in_its_own_interpreter():
 
 
 def _materialize(repo: Path, home: Path, select: str) -> tuple[subprocess.CompletedProcess, float]:
+    """`dg launch --assets`, the form Dagster 1.13 recommends; it must print no deprecation warning (the
+    `dagster asset materialize` it supersedes prints a SupersessionWarning)."""
     env = subprocess_env(DAGSTER_HOME=str(home), EXPCTR_PROJECT_DIR=str(repo), DVC_NO_ANALYTICS="1")
     t0 = time.perf_counter()
     proc = run(
-        [DAGSTER, "asset", "materialize", "-m", "orchestration.definitions", "--select", select],
+        [DG, "launch", "--assets", select, "-m", "orchestration.definitions"],
         repo,
         env=env,
         timeout=180,
@@ -61,6 +63,8 @@ def _materialize(repo: Path, home: Path, select: str) -> tuple[subprocess.Comple
     )
     took = time.perf_counter() - t0
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    for warning in ("SupersessionWarning", "DeprecationWarning", "deprecated"):
+        assert warning not in proc.stdout + proc.stderr, f"{warning} printed:\n{proc.stderr[-4000:]}"
     return proc, took
 
 
@@ -78,7 +82,7 @@ def _latest_metadata(instance: dg.DagsterInstance, key: str) -> dict:
 def test_cli_materialize_runs_dvc_stages(dvc_repo, dagster_home):
     proc, took_first = _materialize(dvc_repo, dagster_home, "first_asset")
     log = proc.stdout + proc.stderr
-    print(f"dagster asset materialize --select first_asset: {took_first:.1f}s")
+    print(f"dg launch --assets first_asset: {took_first:.1f}s")
     assert (dvc_repo / "data" / "a.txt").exists()
     assert _lock_stages(dvc_repo) == {"make_data"}
     assert not (dvc_repo / "data" / "b.txt").exists()
@@ -89,7 +93,7 @@ def test_cli_materialize_runs_dvc_stages(dvc_repo, dagster_home):
 
     # a graph selection (needs antlr 4.13: with 4.9 this crashes with `ord() expected string of length 1`)
     proc, took_both = _materialize(dvc_repo, dagster_home, "first_asset*")
-    print(f"dagster asset materialize --select 'first_asset*': {took_both:.1f}s")
+    print(f"dg launch --assets 'first_asset*': {took_both:.1f}s")
     assert _lock_stages(dvc_repo) == {"make_data", "train"}
     assert (dvc_repo / "data" / "b.txt").read_text().strip() == "45"
 

@@ -2,29 +2,29 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
-from support import REPO_ROOT, run_cli
+from support import REPO_ROOT, opens_with_verdict, run_cli
 
-from expctr.explainer.rewards import stance
-from expctr.llm.prompts import verdict_prefix
+from expctr.llm.explanations import stance
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _readiness():
+    """bench/readiness.py: the /readyz wait the benchmarks use too."""
+    spec = importlib.util.spec_from_file_location("expctr_bench_readiness", REPO_ROOT / "bench" / "readiness.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_package_then_serve_the_bento_over_http(tiny_rounds_project: Path, tmp_path: Path):
@@ -41,24 +41,18 @@ def test_package_then_serve_the_bento_over_http(tiny_rounds_project: Path, tmp_p
                              capture_output=True, text=True, check=True)
     assert record["bento_tag"] in listing.stdout
 
-    port = _free_port()
+    readiness = _readiness()
+    port = readiness.free_port()
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen([str(Path(sys.executable).with_name("bentoml")), "serve", record["bento_tag"],
                              "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
                             cwd=tmp_path, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        else:
-            pytest.fail("server not ready in 300 s:\n" + (tmp_path / "serve.log").read_text()[-3000:])
+        try:
+            readiness.wait_ready(url, readiness.process_stopped(proc), timeout=300)
+        except readiness.NotReady as exc:
+            pytest.fail(f"{exc}:\n" + (tmp_path / "serve.log").read_text()[-3000:])
         import bentoml
         import polars as pl
 
@@ -74,7 +68,7 @@ def test_package_then_serve_the_bento_over_http(tiny_rounds_project: Path, tmp_p
         served = r.json()
         for it in served["items"]:  # the verdict follows the probability it is served with
             positive = it["p_click"] >= served["decision_threshold"]
-            assert it["explanation"].startswith(verdict_prefix(positive) + " "), it
+            assert opens_with_verdict(it["explanation"], positive), it
             assert stance(it["explanation"]) == (1 if positive else -1) and it["stance_source"] == "score"
         # the trust benchmark, proven on this server with a tiny count (one known user, one cold-start history)
         out = tmp_path / "trust.json"
@@ -108,6 +102,20 @@ def test_package_then_serve_the_bento_over_http(tiny_rounds_project: Path, tmp_p
                 (b'{"user_id": "u", "candidates": ["x"]}', {"content-encoding": "gzip"}, 415)):
             bad = httpx.post(f"{url}/predict", content=body, headers={"content-type": "application/json", **headers})
             assert bad.status_code == status and set(bad.json()) == {"error"}, bad.text
+        # BentoML's own answers (no route, wrong method) and the size limit, through uvicorn: typed JSON too
+        too_big = json.dumps({"user_id": users[0], "candidates": ["x" * 200] * 400}).encode()
+        for method, path, body, status, code in (
+                ("POST", "/admin", b"{}", 404, "not_found"), ("GET", "/predict", None, 405, "method_not_allowed"),
+                ("PUT", "/predict", b"{}", 405, "method_not_allowed"), ("POST", "/predict", too_big, 413,
+                                                                        "payload_too_large")):
+            bad = httpx.request(method, f"{url}{path}", content=body, headers={"content-type": "application/json"},
+                                timeout=30)
+            assert bad.status_code == status and bad.headers["content-type"] == "application/json", bad.text
+            err = bad.json()["error"]
+            assert set(bad.json()) == {"error"} and err["code"] == code and err["message"], bad.text
+            assert set(err) == {"code", "message", "field"} and err["field"] is None, bad.text
+        unknown = httpx.post(f"{url}/explain", json={"user_id": users[0], "item_id": "no such item"}, timeout=30)
+        assert unknown.status_code == 404 and unknown.json()["error"]["field"] == "item_id", unknown.text
     finally:
         proc.terminate()
         try:

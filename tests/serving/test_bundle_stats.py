@@ -1,5 +1,5 @@
 """The catalogue's per-item statistics (what the explainer's prompt states about its target), on hand-made
-frames: the training formula of `expctr.explainer.pairs.target_stats`, over every training rating."""
+frames: the training formula of `expctr.data.pairs.target_stats`, over every training rating."""
 
 from __future__ import annotations
 

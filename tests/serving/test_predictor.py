@@ -10,13 +10,13 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from support import opens_with_verdict
 
 from expctr.ctr.batch import CTRData
-from expctr.explainer.rewards import stance
-from expctr.llm.prompts import verdict_prefix
+from expctr.llm.explanations import stance
 from expctr.serving.errors import DuplicateIds, InvalidRequest, LimitExceeded, UnknownId
 from expctr.serving.predictor import COLD_START, DECISION_THRESHOLD
-from expctr.serving.schemas import ExplainRequest, PredictRequest
+from expctr.serving.schemas import ExplainRequest, PredictRequest, PredictResponse
 
 
 def test_bundle_holds_every_artifact_and_a_manifest(serving_bundle, tiny_rounds_project):
@@ -37,7 +37,7 @@ def test_bundle_holds_every_artifact_and_a_manifest(serving_bundle, tiny_rounds_
     assert row["hist_item_id"] == mine["item_id"].tail(m["history_len"]).to_list()
 
 
-def test_packed_rows_equal_the_training_features(model_pair, tiny_rounds_project):
+def test_feature_rows_equal_the_training_features(model_pair, tiny_rounds_project):
     """A cold-start request carrying a test pair's history packs to that pair's training feature row
     (user/demographic fields aside: a cold-start user is OOV/PAD there)."""
     pairs = pl.read_parquet(tiny_rounds_project / "data" / "llm_pairs" / "test.parquet")
@@ -49,8 +49,7 @@ def test_packed_rows_equal_the_training_features(model_pair, tiny_rounds_project
         req = PredictRequest(history=history or None, candidates=[r["item_id"]]) if history else None
         if req is None:
             continue
-        packed = p.prepare(req).packed
-        batch = p.unpack(packed)
+        batch = p.prepare(req).features.take(torch.arange(1))
         want = CTRData.from_frame(pl.DataFrame([r], schema=pairs.schema)).take(torch.arange(1))
         assert torch.equal(batch["fields"][:, [1, 5]], want["fields"][:, [1, 5]])
         for key in ("genres", "hist_items", "hist_clicks"):
@@ -61,32 +60,34 @@ def test_packed_rows_equal_the_training_features(model_pair, tiny_rounds_project
 def test_served_prompts_are_the_prompts_the_explainer_was_trained_on(model_pair, tiny_rounds_project):
     """Each test pair replayed as a cold-start request: the served target carries the training statistics its
     training prompt stated (viewers, smoothed liked share: test pairs come after every training rating), and
-    the served prompt is token for token the training prompt (same fitted history) opened with the served
-    opening (the verdict, the title, the anchor chosen from that history)."""
-    from expctr.llm.prompts import as_item, encode_messages, explainer_messages, fitted_explainer_history
+    the served prompt is token for token the training prompt (same fitted history, up to EXPLANATION_PREFIX,
+    where both read the verdict logit), continued with the served opening (the verdict worded by the score,
+    the title, the anchor chosen from that history)."""
+    from expctr.explainer.dataset import build_prompt_dataset, prompt_token_ids
+    from expctr.llm.prompts import as_item, fitted_history
+    from expctr.llm.verdicts import EXPLANATION_PREFIX
     from expctr.serving.prompt import reason_anchor, served_opening, served_prompt
 
     p = model_pair
     p.load_explainer()
-    tok, budget = p._explainer[1], int(p.manifest["max_prompt_tokens"])
+    tok, budget = p.explainer.model[1], int(p.manifest["max_prompt_tokens"])
     pairs = pl.read_parquet(tiny_rounds_project / "data" / "llm_pairs" / "test.parquet")
+    trained_ids = prompt_token_ids(build_prompt_dataset(pairs, tok, budget, EXPLANATION_PREFIX), tok)
     stated = 0
-    for r in pairs.iter_rows(named=True):
-        target = p.items[p.item_row[r["item_id"]]]
+    for r, want in zip(pairs.iter_rows(named=True), trained_ids):
+        target = p.items[p.catalogue.row[r["item_id"]]]
         assert target.viewers == r["target"]["viewers"], r["item_id"]
         assert target.liked_share == pytest.approx(r["target"]["liked_share"]), r["item_id"]
         stated += target.viewers > 0
         history = [{"item_id": p.item_ids[c], "rating": 5.0 if k == 2 else 1.0}
                    for c, k in zip(r["hist_item_code"], r["hist_click"]) if k != 0]
         user = p.resolve_user(ExplainRequest(history=history, item_id=r["item_id"])) if history else None
-        served_history = p._history_items(user.history) if user else []
-        for positive in (True, False):
-            trained = fitted_explainer_history(tok, r["history"], r["target"], budget)
-            anchor = reason_anchor([as_item(h) for h in trained], target, positive)
-            opening = served_opening(positive, target, anchor)
-            want = encode_messages(tok, explainer_messages(trained, r["target"])
-                                   + [{"role": "assistant", "content": opening}])
-            assert served_prompt(tok, served_history, target, positive, budget) == (
+        served_history = p.explainer.history_items(user.history) if user else []
+        for score in (0.9, 0.55, 0.3):
+            trained = fitted_history(tok, r["history"], budget)
+            anchor = reason_anchor([as_item(h) for h in trained], target, score >= 0.5)
+            opening = served_opening(score, target, anchor)
+            assert served_prompt(tok, served_history, target, score, budget) == (
                 want, [as_item(h) for h in trained], opening, anchor)
             reception = "viewers so far." if target.viewers else "Nobody has rated it yet."
             assert reception in tok.decode(want)
@@ -102,7 +103,8 @@ def test_ctr_only_ranks_by_the_id_model(model_pair):
     assert resp.scorer == "id_model" and resp.user == uid
     assert probs == sorted(probs, reverse=True) and [it.rank for it in resp.items] == list(range(1, 31))
     assert sorted(it.item_id for it in resp.items) == sorted(cands)
-    direct = p.score_id(p.prepare(PredictRequest(user_id=uid, candidates=cands)).packed)
+    assert PredictResponse.model_validate_json(resp.model_dump_json()) == resp
+    direct = p.score_id(p.prepare(PredictRequest(user_id=uid, candidates=cands)).features)
     by_id = {it.item_id: it.p_click for it in resp.items}
     np.testing.assert_allclose([by_id[c] for c in cands], direct)
     assert all(it.explanation is None for it in resp.items)
@@ -137,6 +139,47 @@ def test_domain_errors(model_pair, req, error, words):
 
     with pytest.raises(error, match=words):
         p.predict(PredictRequest.model_validate(sub(req)))
+
+
+def test_an_unknown_single_item_id_is_reported_as_sent(model_pair):
+    p = model_pair
+    with pytest.raises(UnknownId, match=r"^item_id: unknown item id 'nope'$") as exc:
+        p.explain(ExplainRequest(user_id=next(iter(p.users)), item_id="nope"))
+    assert exc.value.field == "item_id"
+
+
+def test_concatenated_requests_score_as_each_alone(model_pair):
+    """What the service's adaptive batcher does: rows of several requests (different users and histories,
+    a cold start among them) in one forward pass give each request its own scores."""
+    p = model_pair
+    users = list(p.users)[:2]
+    reqs = [PredictRequest(user_id=users[0], candidates=p.item_ids[:7]),
+            PredictRequest(user_id=users[1], candidates=p.item_ids[5:30]),
+            PredictRequest(history=[{"item_id": p.item_ids[40], "rating": 5.0}], candidates=p.item_ids[:3])]
+    parts = [p.prepare(r).features for r in reqs]
+    together = p.score_id(CTRData.concat(parts))
+    np.testing.assert_allclose(together, np.concatenate([p.score_id(f) for f in parts]), rtol=1e-6)
+    assert len({tuple(f.hist_items[0].tolist()) for f in parts}) == 3
+
+
+def test_the_scoring_thread_runs_one_torch_thread_and_leaves_the_others_alone(model_pair):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from expctr.serving.id_scoring import scoring_thread
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        scorer = scoring_thread()
+        features = model_pair.prepare(PredictRequest(user_id=next(iter(model_pair.users)),
+                                                     candidates=model_pair.item_ids[:9])).features
+        assert scorer.submit(lambda: (model_pair.score_id(features), torch.get_num_threads())[1]).result() == 1
+        assert torch.get_num_threads() == 2  # the caller's count, and a new thread's, are unchanged
+        with ThreadPoolExecutor(1) as other:
+            assert other.submit(torch.get_num_threads).result() == 2
+        scorer.shutdown()
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_too_many_candidates(model_pair):
@@ -174,7 +217,7 @@ def _stance_ok(item) -> bool:
     """The item's explanation states the verdict its p_click implies, in the response flags and in the text."""
     positive = item.p_click >= DECISION_THRESHOLD
     return (item.stance == ("enjoy" if positive else "not_enjoy") and item.stance_source == "score"
-            and item.explanation.startswith(verdict_prefix(positive) + " ")
+            and opens_with_verdict(item.explanation, positive)
             and stance(item.explanation) == (1 if positive else -1)
             and (item.anchor is None or f'"{item.anchor}"' in item.explanation))
 
@@ -184,17 +227,17 @@ def test_every_explanation_takes_the_stance_of_its_returned_probability(model_pa
     users = list(p.users)[:3]
     for k, uid in enumerate(users):
         resp = p.predict(PredictRequest(user_id=uid, candidates=p.item_ids[20 + 3 * k:23 + 3 * k], explain=True))
-        packed = p.prepare(PredictRequest(user_id=uid, candidates=[it.item_id for it in resp.items])).packed
-        p_id = p.score_id(packed)
+        features = p.prepare(PredictRequest(user_id=uid, candidates=[it.item_id for it in resp.items])).features
+        p_id = p.score_id(features)
         for it, pid in zip(resp.items, p_id):
             assert _stance_ok(it), it
             if it.p_source == "id_model":  # ExpCTR-Aug crossed the threshold: the verdict's own score is returned
                 assert it.p_click == pytest.approx(pid)
     # both verdicts, whatever the tiny ID model scores: the explainer continues the verdict it is given
     user = p.resolve_user(PredictRequest(user_id=users[0], candidates=[p.item_ids[0]]))
-    both = p.explanations(user, [40, 40], [True, False])
+    both = p.explanations(user, [40, 40], [0.9, 0.1])
     assert [stance(e.text) for e in both] == [1, -1]
-    assert both[0].text.startswith(verdict_prefix(True) + " ") and both[1].text.startswith(verdict_prefix(False))
+    assert opens_with_verdict(both[0].text, True) and opens_with_verdict(both[1].text, False)
 
 
 def test_a_failing_explanation_is_regenerated_once_then_flagged(model_pair, monkeypatch):
@@ -217,14 +260,18 @@ def test_a_failing_explanation_is_regenerated_once_then_flagged(model_pair, monk
     }
     calls = []
 
-    def scripted(prompts, openings, groups, seeds, sample, caps=None):
-        calls.append((sample, len(prompts)))
-        rows = targets[:3] if sample else targets  # one request's batch keeps its order; the first three fail
-        return [f"{opening} it {script[row][1 if sample else 0]}" for row, opening in zip(rows, openings)]
+    def first_try(served, groups):  # one request's batch keeps its order
+        calls.append((False, len(served)))
+        return [f"{s.opening} it {script[row][0]}" for row, s in zip(targets, served)], [0.0] * len(served)
 
-    monkeypatch.setattr(p, "_write", scripted)
+    def retry(prompts, openings, groups, seeds, sample, caps=None):  # the first three fail
+        calls.append((sample, len(prompts)))
+        return [f"{opening} it {script[row][1]}" for row, opening in zip(targets[:3], openings)]
+
+    monkeypatch.setattr(p.explainer, "_first_try", first_try)
+    monkeypatch.setattr(p.explainer, "_write", retry)
     # the bare verdict opening: an anchored one names a history item itself, so the scripted reasons would pass
-    monkeypatch.setattr(p, "limits", p.limits.model_copy(update={"reason_opening": "verdict"}))
+    monkeypatch.setattr(p.explainer, "limits", p.explainer.limits.model_copy(update={"reason_opening": "verdict"}))
     p.cache._data.clear()
     out = p.explanations(user, targets, [True, False, True, False])
     assert calls == [(False, 4), (True, 3)]
@@ -242,15 +289,15 @@ def test_identical_concurrent_cold_requests_run_the_explainer_once(model_pair, m
     p = model_pair
     history = [{"item_id": p.item_ids[i], "rating": 5.0 if i % 2 else 2.0} for i in range(160, 166)]
     req = PredictRequest(history=history, candidates=p.item_ids[150:152], explain=True)
-    real_write, writes = p._write, []
+    real_first, writes = p.explainer._first_try, []
     hold = threading.Event()
 
-    def counted(prompts, openings, groups, seeds, sample, caps=None):
-        writes.append((sample, len(prompts)))
+    def counted(served, groups):
+        writes.append((False, len(served)))
         assert hold.wait(120)
-        return real_write(prompts, openings, groups, seeds, sample, caps)
+        return real_first(served, groups)
 
-    monkeypatch.setattr(p, "_write", counted)
+    monkeypatch.setattr(p.explainer, "_first_try", counted)
     p.load_explainer()
     before = p.batcher.stats()
     with ThreadPoolExecutor(4) as pool:
@@ -279,16 +326,15 @@ def test_concurrent_cold_requests_of_different_users_share_a_generation_batch(mo
     users = list(p.users)[5:8]
     reqs = [PredictRequest(user_id=u, candidates=p.item_ids[170 + 2 * k:172 + 2 * k], explain=True)
             for k, u in enumerate(users)]
-    real_write, writes = p._write, []
+    real_first, writes = p.explainer._first_try, []
     hold = threading.Event()
 
-    def counted(prompts, openings, groups, seeds, sample, caps=None):
-        if not sample:
-            writes.append(sorted({hash(g) for g in groups}))
+    def counted(served, groups):
+        writes.append(sorted({hash(g) for g in groups}))
         assert hold.wait(120)
-        return real_write(prompts, openings, groups, seeds, sample, caps)
+        return real_first(served, groups)
 
-    monkeypatch.setattr(p, "_write", counted)
+    monkeypatch.setattr(p.explainer, "_first_try", counted)
     p.load_explainer()
     with ThreadPoolExecutor(3) as pool:
         first = pool.submit(p.predict, reqs[0])

@@ -28,8 +28,10 @@ def test_anchor_is_the_verdicts_side_item_sharing_most_genres_latest_on_a_tie():
 
 def test_openings():
     speed, western = HISTORY[2], Item("Unforgiven", 1992, ("Western",))
-    assert served_opening(True, TARGET, speed) == 'The user will probably enjoy "Heat" because, like "Speed",'
-    assert served_opening(True, western, speed) == ('The user will probably enjoy "Unforgiven" because, '
+    # the verdict is worded by the score it was chosen from
+    assert served_opening(0.7, TARGET, speed) == 'The user will probably enjoy "Heat" because, like "Speed",'
+    assert served_opening(0.93, western, speed) == ('The user will surely enjoy "Unforgiven" because, '
                                                     'as with "Speed",')
-    assert served_opening(False, TARGET, None) == 'The user will probably not enjoy "Heat" because'
-    assert served_opening(False, TARGET, speed, "verdict") == "The user will probably not enjoy"
+    assert served_opening(0.3, TARGET, None) == 'The user will likely not enjoy "Heat" because'
+    assert served_opening(0.45, TARGET, speed, "verdict") == ('The user will probably not enjoy "Heat", though it '
+                                                              "could go either way")

@@ -16,7 +16,7 @@ import pytest
 from support import REPO_ROOT
 
 from expctr.data.features import FeatureMap
-from expctr.llm.prompts import verdict_prefix
+from expctr.llm.verdicts import verdict_prefix
 
 
 def _bench():

@@ -1,4 +1,4 @@
-"""The Dagster UI as a person uses it: `dagster dev` on 127.0.0.1 over a tiny project, driven in Debian's
+"""The Dagster UI as a person uses it: `dg dev` on 127.0.0.1 over a tiny project, driven in Debian's
 chromium through Playwright (marker `browser`; .ci/run's second step). Screenshots go to test-artifacts/ui/.
 
 - The good case, on a 150-user slice of the real embedded ML-1M: every stage of dvc.yaml is a node of the
@@ -52,7 +52,7 @@ def browser():
 
 
 class UI:
-    """One browser page on one `dagster dev`."""
+    """One browser page on one `dg dev`."""
 
     def __init__(self, browser, url: str):
         self.url = url

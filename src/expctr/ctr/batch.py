@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +47,18 @@ class CTRData:
         if self.text is not None:
             batch["text"] = self.text[idx]
         return batch
+
+    @classmethod
+    def concat(cls, parts: Sequence[CTRData]) -> CTRData:
+        """The rows of `parts`, one after another (the service merges concurrent requests so)."""
+        if len({p.text is None for p in parts}) > 1:
+            raise ValueError("CTRData.concat: some parts carry explanation embeddings and some do not")
+
+        def cat(name: str) -> torch.Tensor:
+            return torch.cat([getattr(p, name) for p in parts])
+
+        return cls(cat("fields"), cat("genres"), cat("hist_items"), cat("hist_clicks"), cat("labels"),
+                   None if parts[0].text is None else cat("text"))
 
     def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
         order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))

@@ -1,17 +1,20 @@
-"""ExpCTR-Aug: a trained ID model plus a projection of the explanation's sentence embedding.
+"""ExpCTR-Aug: the trained ID model plus a residual head that reads what a pair's explanation adds.
 
-    logit(x, s) = f_id(x) + head([ E(x).flatten() ; W_p · e(s) + b_p ])
+    logit(x, u) = f_id(x) + g([f_id(x) ; n(u_1) ; P_2 n(u_2) ; ...])
 
-f_id is the trained ID model (lr / deepfm / dcnv2 / din), E(x) its own field embeddings (B, F, D) from
-`base.emb.fields`, e(s) the (normalised, 384-d) all-MiniLM-L6-v2 embedding of the explanation s, W_p the
-`proj` Linear(text_dim, proj_dim), and `head` an MLP(hidden) -> 1 whose LAST layer starts at zero. Why this
-shape: the text enters as a residual on the ID logit, so the untrained Aug model is exactly the ID model
-(a starting point no worse than the baseline) and training only learns what the explanation adds, in the
-context of the ID features it is concatenated with (the paper's "concatenate with the ID embeddings").
+f_id is the trained ID model, frozen; u = (u_1, u_2, ...) the pair's input blocks (`expctr.ctr.aug_inputs`):
+the facts the prompt states, and - in the variants that read an explanation - the explainer's verdict logit
+and stated grade, and the explanation's sentence embedding; n(.) standardises each input with the training
+pairs' mean and std (kept as buffers), wide blocks pass through a learned projection P, and g is an MLP whose
+last layer starts at zero. Why this shape: the untrained model is exactly the ID model (no worse than the
+baseline), training learns only what the inputs add on top of it, and f_id enters g as an input so the head
+can weigh an explanation by how sure the ID model already is. Why the ID model is frozen and the head is
+trained on pairs from after the ID model's training period: on its own training pairs the ID logit already
+fits the labels, and a head learns nothing there (measured: best epoch 0, i.e. no change, on 256 training
+explanations).
 
-The base is frozen by default (its parameters get no gradient and it stays in eval mode, so its dropout
-does not perturb the frozen logit); `finetune_base=True` trains everything together. Batches carry the
-embeddings under `batch["text"]` (B, text_dim); `CTRData.text` provides them through the shared trainer.
+Batches carry the concatenated blocks under `batch["text"]` (B, sum of block widths); `CTRData.text` provides
+them through the shared trainer (`expctr.ctr.trainer.fit`).
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ from expctr.ctr.trainer import FitResult, fit
 from expctr.data.features import FeatureMap
 from expctr.io import atomic_path
 
-TEXT_DIM = 384  # all-MiniLM-L6-v2
 CHECKPOINT_KIND = "expctr-aug"
 # The pair-frame columns an ID batch is built from (TRL passes them to reward functions as kwargs).
 ID_COLUMNS = (*SCALAR_COLUMNS, "genre_idx", "hist_item_idx", "hist_click")
@@ -48,34 +50,45 @@ def model_name(model: nn.Module) -> str:
 
 
 class TextAugmentedCTR(nn.Module):
-    """ID model + explanation embedding; `forward(batch) -> logits (B,)`, batch["text"] is (B, text_dim)."""
+    """ID model + residual head over input blocks; `forward(batch) -> logits (B,)`, batch["text"] is (B, D).
 
-    def __init__(self, base: nn.Module, text_dim: int = TEXT_DIM, proj_dim: int = 16,
-                 hidden: Sequence[int] = (32,), dropout: float = 0.0, finetune_base: bool = False):
+    `blocks`: (name, width) in the order they are concatenated; a block wider than `proj_dim` is projected to
+    `proj_dim` before the head. `mean` / `std`: per input column, from the training pairs (standardisation).
+    """
+
+    def __init__(self, base: nn.Module, blocks: Sequence[tuple[str, int]], proj_dim: int = 8,
+                 hidden: Sequence[int] = (16,), dropout: float = 0.0, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None):
         super().__init__()
-        if not hasattr(base, "emb"):
-            raise ValueError(f"{type(base).__name__} has no `.emb` FieldEmbedding to concatenate text with")
         self.base = base
         self.base_name = model_name(base)
-        self.text_dim, self.proj_dim, self.hidden = int(text_dim), int(proj_dim), [int(h) for h in hidden]
-        self.dropout, self.finetune_base = float(dropout), bool(finetune_base)
-        self.proj = nn.Linear(self.text_dim, self.proj_dim)
-        in_dim = base.emb.num_fields * base.emb.dim + self.proj_dim
+        self.blocks = [(str(n), int(w)) for n, w in blocks]
+        if not self.blocks:
+            raise ValueError("ExpCTR-Aug needs at least one input block")
+        self.proj_dim, self.hidden, self.dropout = int(proj_dim), [int(h) for h in hidden], float(dropout)
+        width = sum(w for _, w in self.blocks)
+        self.register_buffer("mean", torch.as_tensor(mean if mean is not None else np.zeros(width), dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std if std is not None else np.ones(width), dtype=torch.float32))
+        self.proj = nn.ModuleDict({n: nn.Linear(w, self.proj_dim) for n, w in self.blocks if w > self.proj_dim})
+        in_dim = 1 + sum(self.proj_dim if n in self.proj else w for n, w in self.blocks)
         last = nn.Linear(self.hidden[-1] if self.hidden else in_dim, 1)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
         self.head = nn.Sequential(mlp(in_dim, self.hidden, self.dropout), last)
-        self.base.requires_grad_(self.finetune_base)
+        self.base.requires_grad_(False)
         self.train(self.training)
 
+    @property
+    def width(self) -> int:
+        return sum(w for _, w in self.blocks)
+
     def config(self) -> dict[str, Any]:
-        return {"text_dim": self.text_dim, "proj_dim": self.proj_dim, "hidden": list(self.hidden),
-                "dropout": self.dropout, "finetune_base": self.finetune_base}
+        return {"blocks": [list(b) for b in self.blocks], "proj_dim": self.proj_dim, "hidden": list(self.hidden),
+                "dropout": self.dropout}
 
     def train(self, mode: bool = True) -> TextAugmentedCTR:
         super().train(mode)
-        if not self.finetune_base:
-            self.base.eval()  # a frozen base is a fixed function: no dropout noise in its logit
+        self.base.eval()  # the frozen base is a fixed function: no dropout noise in its logit
         return self
 
     def id_logit(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -84,10 +97,17 @@ class TextAugmentedCTR(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if "text" not in batch:
-            raise KeyError("ExpCTR-Aug needs batch['text'] (B, text_dim) explanation embeddings")
-        text = batch["text"].to(dtype=self.proj.weight.dtype)
-        e = self.base.emb.fields(batch).flatten(1)
-        return self.base(batch) + self.head(torch.cat([e, self.proj(text)], dim=1)).squeeze(-1)
+            raise KeyError("ExpCTR-Aug needs batch['text'] (B, D): the pair's input blocks")
+        if batch["text"].shape[1] != self.width:
+            raise ValueError(f"ExpCTR-Aug expects {self.width} input columns {self.blocks}, got {batch['text'].shape[1]}")
+        u = (batch["text"].to(self.mean.dtype) - self.mean) / self.std
+        f_id = self.base(batch)
+        parts, start = [f_id[:, None].detach()], 0
+        for name, w in self.blocks:
+            block = u[:, start:start + w]
+            parts.append(self.proj[name](block) if name in self.proj else block)
+            start += w
+        return f_id + self.head(torch.cat(parts, dim=1)).squeeze(-1)
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -95,11 +115,11 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def with_text(data: CTRData, text: np.ndarray | torch.Tensor) -> CTRData:
-    """`data` with its explanation embeddings attached (row-aligned; float32)."""
+    """`data` with its Aug input blocks attached (row-aligned; float32)."""
     t = torch.as_tensor(np.asarray(text, dtype=np.float32) if not isinstance(text, torch.Tensor) else text)
     t = t.to(torch.float32)
     if t.ndim != 2 or t.shape[0] != len(data):
-        raise ValueError(f"text embeddings of shape {tuple(t.shape)} do not match {len(data)} rows")
+        raise ValueError(f"Aug inputs of shape {tuple(t.shape)} do not match {len(data)} rows")
     return dataclasses.replace(data, text=t)
 
 
@@ -130,52 +150,43 @@ def batch_from_columns(columns: Mapping[str, Sequence[Any]], device: str | torch
 
 
 @torch.no_grad()
-def ic_probability(model: TextAugmentedCTR, batch: CTRData | Mapping[str, torch.Tensor],
-                   text_embeddings: np.ndarray | torch.Tensor | None = None,
-                   batch_size: int = 4096) -> np.ndarray:
-    """P(click | ID features, explanation) under ExpCTR-Aug, float64 (n,), in row order.
-
-    `batch` is a CTRData (its own `.text` is used unless `text_embeddings` is given) or a dict batch.
-    """
-    if text_embeddings is not None:
-        if isinstance(batch, CTRData):
-            batch = with_text(batch, text_embeddings)
-        else:
-            batch = {**batch, "text": torch.as_tensor(np.asarray(text_embeddings, dtype=np.float32)
-                                                      if not isinstance(text_embeddings, torch.Tensor)
-                                                      else text_embeddings)}
+def aug_probability(model: TextAugmentedCTR, data: CTRData, batch_size: int = 4096) -> np.ndarray:
+    """P(click | ID features, input blocks) under ExpCTR-Aug, float64 (n,), in row order (`data.text` set)."""
     model.eval()
     dev = _device(model)
-    chunks = batch.batches(batch_size) if isinstance(batch, CTRData) else [batch]
-    out = [torch.sigmoid(model({k: v.to(dev) for k, v in b.items()})).double().cpu() for b in chunks]
+    out = [torch.sigmoid(model({k: v.to(dev) for k, v in b.items()})).double().cpu()
+           for b in data.batches(batch_size)]
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
 def fit_params(tp: TextCTRParams, device: str = "cpu") -> CTRParams:
-    """The shared trainer's settings from TextCTRParams (epochs, patience, lr, batch size) and a device."""
-    return CTRParams(max_epochs=tp.max_epochs, patience=tp.patience, lr=tp.lr, batch_size=tp.batch_size,
-                     device=device)
+    """The shared trainer's settings from TextCTRParams (epochs, patience, lr, weight decay, batch size)."""
+    return CTRParams(max_epochs=tp.max_epochs, patience=tp.patience, lr=tp.lr, weight_decay=tp.weight_decay,
+                     batch_size=tp.batch_size, device=device)
 
 
-def train_text_ctr(base: nn.Module, train: CTRData, valid: CTRData, tp: TextCTRParams, seed: int,
-                   device: str = "cpu", desc: str = "ExpCTR-Aug") -> tuple[TextAugmentedCTR, FitResult]:
-    """Wrap a trained ID model, train on explained pairs (train/valid carry `.text`), early-stop on valid AUC.
-
-    The head is initialised from `seed`; the best validation-AUC epoch's weights are restored (trainer.fit),
-    and the untrained state (== the ID model) competes as epoch 0, so best_epoch 0 means "no gain".
-    """
+def train_text_ctr(base: nn.Module, blocks: Sequence[tuple[str, int]], train: CTRData, valid: CTRData,
+                   tp: TextCTRParams, seed: int, device: str = "cpu", desc: str = "ExpCTR-Aug"
+                   ) -> tuple[TextAugmentedCTR, FitResult]:
+    """Wrap a trained ID model, train the head on pairs with input blocks (train/valid carry `.text`), early-stop
+    on valid AUC. Standardisation comes from `train`; the head is initialised from `seed`; the best
+    validation-AUC epoch's weights are restored, and the untrained state (== the ID model) competes as epoch 0,
+    so best_epoch 0 means "no gain"."""
     if train.text is None or valid.text is None:
-        raise ValueError("train and valid need explanation embeddings (use with_text)")
+        raise ValueError("train and valid need their Aug input blocks (use with_text)")
+    x = train.text.double()
+    mean, std = x.mean(0), x.std(0)
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))  # a constant column stays as it is
     torch.manual_seed(seed)
-    model = TextAugmentedCTR(base, text_dim=train.text.shape[1], proj_dim=tp.proj_dim, hidden=tp.hidden,
-                             finetune_base=tp.finetune_base)
+    model = TextAugmentedCTR(base, blocks, proj_dim=tp.proj_dim, hidden=tp.hidden, dropout=tp.dropout,
+                             mean=mean.float().tolist(), std=std.float().tolist())
     result = fit(model, train, valid, fit_params(tp, device), seed=seed, desc=desc, keep_initial=True)
     return model.eval(), result
 
 
 def save_text_ctr(path: str | Path, model: TextAugmentedCTR, base_params: CTRParams,
                   fit_info: Mapping[str, Any] | None = None) -> None:
-    """Checkpoint (atomic): state dict, base model name and CTRParams, the Aug dims, fit info."""
+    """Checkpoint (atomic): state dict, base model name and CTRParams, the Aug blocks and dims, fit info."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         torch.save({"kind": CHECKPOINT_KIND, "base_name": model.base_name,
@@ -189,18 +200,19 @@ def load_text_ctr(path: str | Path, fmap: FeatureMap, device: str = "cpu") -> Te
     if ckpt.get("kind") != CHECKPOINT_KIND:
         raise ValueError(f"{path}: not an ExpCTR-Aug checkpoint (kind={ckpt.get('kind')!r})")
     base = build_model(ckpt["base_name"], fmap, CTRParams.model_validate(ckpt["base_ctr_params"]))
-    model = TextAugmentedCTR(base, **ckpt["config"])
+    cfg = dict(ckpt["config"])
+    cfg["blocks"] = [tuple(b) for b in cfg["blocks"]]
+    model = TextAugmentedCTR(base, **cfg)
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval()
 
 
 __all__ = [
     "ID_COLUMNS",
-    "TEXT_DIM",
     "TextAugmentedCTR",
+    "aug_probability",
     "batch_from_columns",
     "fit_params",
-    "ic_probability",
     "load_text_ctr",
     "model_name",
     "save_text_ctr",

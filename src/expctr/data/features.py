@@ -1,6 +1,6 @@
 """Features: click labels, leakage-free histories, time-based splits, ID vocabularies and a feature map.
 
-History contract (DESIGN.md §4): for each interaction, the K most recent interactions of the same user
+History contract: for each interaction, the K most recent interactions of the same user
 with a timestamp *strictly before* the target's. Interactions sharing the target's second are never
 history (MovieLens users rate in bursts within one second). Histories may reach into earlier splits;
 that is the past, not a leak.

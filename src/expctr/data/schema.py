@@ -1,4 +1,4 @@
-"""The normalised data contract every source is parsed into (DESIGN.md §4).
+"""The normalised data contract every source is parsed into.
 
 Parsers return a `RawStream` (interactions in batches, so a file of any size is read in bounded memory) or,
 collected, a `RawTables`; everything downstream relies only on these columns and dtypes.

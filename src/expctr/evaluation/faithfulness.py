@@ -193,7 +193,8 @@ MIN_KEY_CHARS = 2  # keys shorter than this (letters/digits) are never matched
 MIN_STRONG_CHARS = 4
 
 
-def _words(text: Any) -> list[str]:
+def word_tokens(text: Any) -> list[str]:
+    """Letter/digit runs of `text` with accents and apostrophes dropped, "&" read as "and" (case kept)."""
     s = unicodedata.normalize("NFKD", str(text))
     s = "".join(c for c in s if not unicodedata.combining(c) and c not in _APOSTROPHES).replace("&", " and ")
     return re.findall(r"[A-Za-z0-9]+", s)
@@ -201,7 +202,7 @@ def _words(text: Any) -> list[str]:
 
 def tokens(text: Any) -> list[str]:
     """Lower-case alphanumeric words of `text`: accents folded, apostrophes dropped, `&` -> `and`."""
-    return [w.lower() for w in _words(text)]
+    return [w.lower() for w in word_tokens(text)]
 
 
 def _segment_key(segment: str) -> tuple[str, ...]:
@@ -304,7 +305,7 @@ class TitleIndex:
                     if key in self.titles:
                         spans.append((m.start(), Mention(key, "quoted", self.titles[key])))
                         break
-        words = _words(text)
+        words = word_tokens(text)
         toks = [w.lower() for w in words]
         capital = [w[:1].isupper() for w in words]
         i, pos = 0, []

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from expctr.evaluation.faithfulness import COMMON_WORDS, TitleIndex, _words, title_keys, tokens
+from expctr.evaluation.faithfulness import COMMON_WORDS, TitleIndex, title_keys, tokens, word_tokens
 from expctr.llm.prompts import Item, as_item
 
 # Extra spellings of genre names (after `tokens`): the genre's own words, its plural and these are matched.
@@ -105,7 +105,7 @@ def _without_target(text: str, target: Item) -> str:
 def _capitalised_keys(text: str, keys: Mapping[tuple[str, ...], Any]) -> list[tuple[str, ...]]:
     """Keys written with every word capitalised, not as the text's first word and not only common words
     ("Heat", "The Matrix" mid-sentence): a title in a short list of the user's own items."""
-    words = _words(text)
+    words = word_tokens(text)
     low = [w.lower() for w in words]
     found = []
     for key in keys:

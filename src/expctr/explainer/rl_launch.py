@@ -8,7 +8,7 @@ RL stage as
     accelerate launch --multi_gpu --num_processes N -m expctr.explainer.rl_launch SPEC.json
 
 The stage's inputs (verdict prompts, their exact rewards, the GRPO pairs) go through a temporary directory; every
-process rebuilds the stage reward from the params (the frozen judge, the ID model, ExpCTR-Aug for the aug form),
+process rebuilds the stage reward from the params (the frozen judge, the ID model; `stage_rewards`),
 the dense verdict step splits each batch over the processes and TRL's GRPOTrainer splits each generation batch,
 DDP averages the gradients, and process 0 writes the adapter, the log and the result the round reads back.
 """
@@ -26,7 +26,7 @@ from expctr.errors import ExpCTRError
 
 def launch(params, paths, *, stage: str, seed: int, out_adapter_dir: Path, init_adapter_dir: Path | None,
            log_path: Path, verdict_dataset, verdict_rewards, reason_pairs, reason_steps: int,
-           aug_path: Path | None = None, params_file: str = "params.yaml") -> dict[str, Any]:
+           params_file: str = "params.yaml") -> dict[str, Any]:
     """Run the stage as `params.distributed.num_processes` processes; returns what `run_rl_stage` returns."""
     from expctr import distributed
 
@@ -36,7 +36,7 @@ def launch(params, paths, *, stage: str, seed: int, out_adapter_dir: Path, init_
             "root": str(paths.root), "params": params_file, "stage": stage, "seed": int(seed),
             "out_adapter_dir": str(out_adapter_dir), "log_path": str(log_path),
             "init_adapter_dir": None if init_adapter_dir is None else str(init_adapter_dir),
-            "reason_steps": int(reason_steps), "aug_path": None if aug_path is None else str(aug_path),
+            "reason_steps": int(reason_steps),
             "result": str(tmp / "result.json"),
         }
         if verdict_dataset is not None:
@@ -62,15 +62,14 @@ def run_spec(spec_path: str | Path) -> dict[str, Any]:
     from expctr import distributed
     from expctr.config import load_params
     from expctr.explainer.rl import run_rl_stage
-    from expctr.explainer.rounds import build_stage_reward
+    from expctr.explainer.stage_rewards import build_stage_reward
     from expctr.paths import ProjectPaths
 
     spec = json.loads(Path(spec_path).read_text())
     root = Path(spec["root"])
     params = load_params(root / spec["params"])
     paths = ProjectPaths(root)
-    reward = build_stage_reward(spec["stage"], params, paths,
-                                aug_path=None if spec["aug_path"] is None else Path(spec["aug_path"]))
+    reward = build_stage_reward(spec["stage"], params, paths)
     verdict = datasets.load_from_disk(spec["verdict"]) if "verdict" in spec else None
     rewards = json.loads((Path(spec["verdict"]).parent / "verdict_rewards.json").read_text()) if verdict else None
     reason = pl.read_parquet(spec["reason"]) if "reason" in spec else None

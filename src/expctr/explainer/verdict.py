@@ -1,9 +1,9 @@
 """The dense verdict step of an RL stage: the exact rewards of the explainer's two verdicts, no sampling.
 
-Every explanation opens with "The user will probably" and its next token is the verdict: " enjoy" or " not"
-(`verdict_token_ids`). The judge follows the stated stance, so what an explanation earns is decided mostly by
+Every explanation opens with "The user will" and the explainer's next-token logits there hold its verdict:
+" enjoy" or " not" (`expctr.llm.verdicts`). The judge follows the stated stance, so what an explanation earns is decided mostly by
 that one token, and the reward of each verdict can be computed without sampling: r+ and r- are the stage's
-reward of the bare verdict sentences ("The user will probably enjoy "X"." / "... not enjoy "X".") under the
+reward of the bare verdict sentences ("The user will probably enjoy "X"." / "... likely not enjoy "X".") under the
 frozen judge (LC), the judge against the ID model (IC), or their weighted sum (`expctr.explainer.rewards`).
 With pi = P(enjoy) renormalised over the two verdict tokens (pi = sigmoid(z), z = logit(" enjoy") -
 logit(" not") after the prefix), one prompt's expected reward is exactly E[r] = pi r+ + (1 - pi) r-.
@@ -29,43 +29,38 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from expctr.llm.prompts import EXPLANATION_PREFIX, NEGATIVE_VERDICT, POSITIVE_VERDICT
+from expctr.llm.verdicts import VerdictTokens, verdict_token_ids
 
 
-@dataclass(frozen=True)
-class VerdictTokens:
-    """Token ids of the two verdicts right after EXPLANATION_PREFIX (first token of " enjoy" / " not enjoy")."""
+def verdict_logit(model, input_ids, attention_mask, tokens: VerdictTokens, autocast: bool = False):
+    """z = logit(positive) - logit(negative) at the last position of each (left-padded) prompt, shape (B,).
 
-    positive: int
-    negative: int
+    z is computed in float32 from the last hidden state and the two tokens' output rows, whatever the forward
+    ran in: with `autocast` the transformer runs in bfloat16 (CPU autocast; measured on this CPU with native
+    BF16: fwd+bwd of 8 prompts 4.4-4.9 s against 7.7 s in float32), and a bfloat16 logit is too coarse (~0.1
+    apart near its usual size) for the difference of two of them."""
+    import contextlib
 
+    import torch
 
-def verdict_token_ids(tokenizer, prefix: str = EXPLANATION_PREFIX) -> VerdictTokens:
-    """Resolved from the tokenizer in context (never hard-coded); the two must differ."""
-    ids = []
-    for word in (POSITIVE_VERDICT, NEGATIVE_VERDICT):
-        base = tokenizer(prefix, add_special_tokens=False)["input_ids"]
-        full = tokenizer(f"{prefix} {word}", add_special_tokens=False)["input_ids"]
-        if full[:len(base)] != base or len(full) == len(base):
-            raise ValueError(f"the tokenizer merges {word!r} into the prefix {prefix!r}")
-        ids.append(full[len(base)])
-    if ids[0] == ids[1]:
-        raise ValueError(f"the verdicts {POSITIVE_VERDICT!r} and {NEGATIVE_VERDICT!r} start with the same token")
-    return VerdictTokens(*ids)
-
-
-def verdict_logit(model, input_ids, attention_mask, tokens: VerdictTokens):
-    """z = logit(positive) - logit(negative) at the last position of each (left-padded) prompt, shape (B,)."""
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   use_cache=False, logits_to_keep=1).logits[:, -1, :].float()
-    return logits[:, tokens.positive] - logits[:, tokens.negative]
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast and input_ids.device.type == "cpu" \
+        else contextlib.nullcontext()
+    with ctx:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                    use_cache=False, logits_to_keep=1, output_hidden_states=True)
+    h = out.hidden_states[-1][:, -1, :].float()
+    head = getattr(model, "module", model).get_output_embeddings()  # DDP wraps the model under accelerate
+    w = (head.weight[tokens.positive] - head.weight[tokens.negative]).float()
+    z = h @ w
+    if getattr(head, "bias", None) is not None:
+        z = z + (head.bias[tokens.positive] - head.bias[tokens.negative]).float()
+    return z
 
 
 def expected_reward(z, r_pos, r_neg):
@@ -113,7 +108,7 @@ def score_verdicts(model, tokenizer, prompt_ids: Sequence[Sequence[int]], tokens
 
 def train_verdicts(model, tokenizer, prompt_ids: Sequence[Sequence[int]], r_pos: Sequence[float],
                    r_neg: Sequence[float], *, learning_rate: float, batch_size: int, temperature: float,
-                   seed: int, accelerator=None, desc: str = "verdict") -> list[dict[str, Any]]:
+                   seed: int, accelerator=None, desc: str = "verdict", autocast: bool = False) -> list[dict[str, Any]]:
     """One pass over the prompts (shuffled by `seed`) in batches: CE(pi*, pi) with pi* the tilted target.
 
     `model` is a peft model whose LoRA tensors are the only trainable parameters. Under `accelerate launch` (N
@@ -149,7 +144,7 @@ def train_verdicts(model, tokenizer, prompt_ids: Sequence[Sequence[int]], r_pos:
         ids, mask = _pad(tokenizer, [prompt_ids[i] for i in idx], accelerator.device)
         rp = torch.tensor([r_pos[i] for i in idx], dtype=torch.float32, device=accelerator.device)
         rn = torch.tensor([r_neg[i] for i in idx], dtype=torch.float32, device=accelerator.device)
-        z = verdict_logit(model, ids, mask, tokens)
+        z = verdict_logit(model, ids, mask, tokens, autocast=autocast)
         ce = torch.nn.functional.binary_cross_entropy_with_logits(z, verdict_target(rp, rn, temperature),
                                                                   reduction="sum")
         loss = ce * world / len(batch)  # DDP averages over processes: the mean over the whole batch
@@ -164,14 +159,6 @@ def train_verdicts(model, tokenizer, prompt_ids: Sequence[Sequence[int]], r_pos:
         logs.append({"step": step, "reward": reward, "reward_gap": gap, "p_positive": p_pos, "agree": agree,
                      "seconds": round(time.perf_counter() - t0, 3)})
     return logs
-
-
-def sample_verdicts(z: np.ndarray, seed: int) -> np.ndarray:
-    """A verdict per prompt drawn from pi = sigmoid(z) (seeded): the on-policy verdicts that open the GRPO
-    prompts of the reason step."""
-    rng = np.random.default_rng(seed)
-    pi = 1.0 / (1.0 + np.exp(-np.clip(np.asarray(z, dtype=np.float64), -50, 50)))
-    return rng.random(len(pi)) < pi
 
 
 def quarter_means(values: Sequence[float]) -> tuple[float, float]:

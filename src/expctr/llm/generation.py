@@ -105,7 +105,7 @@ class _SentenceStop:
         return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
 
 
-def _encode_prompt(tokenizer, prompt: Sequence[Message] | str) -> list[int]:
+def encode_prompt(tokenizer, prompt: Sequence[Message] | str) -> list[int]:
     if isinstance(prompt, str):
         return tokenizer(prompt, add_special_tokens=False)["input_ids"]
     return encode_messages(tokenizer, prompt)
@@ -138,7 +138,7 @@ def generate(
 
     if tokenizer.padding_side != "left":
         raise ValueError("batched generation needs tokenizer.padding_side == 'left' (use load_tokenizer)")
-    encoded = [_encode_prompt(tokenizer, p) for p in prompts]
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
     n = len(encoded)
     raw: list[str] = [""] * n

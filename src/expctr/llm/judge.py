@@ -14,7 +14,8 @@ logsumexp of its members.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -200,3 +201,68 @@ def judge_p_yes_grouped(model, tokenizer, groups: Sequence[Sequence[Sequence[Mes
     """P(Yes) per prompt of each group (see `judge_yes_no_logits_grouped`), in input order."""
     return [p_yes_from_logits(g) for g in judge_yes_no_logits_grouped(model, tokenizer, groups, batch_size, ids,
                                                                       progress)]
+
+
+class JudgeScorer:
+    """messages_batch -> P(Yes) array with a causal LM judge, in eval mode, without grad.
+
+    Prompts that share their context (the completions of one RL prompt, the two verdict sentences of a pair)
+    are scored with the grouped judge (`judge_p_yes_grouped`: the shared tokens run once). Scores are memoised
+    by prompt (up to `memo_size`), so the LC and IC parts of one stage reward, or a sentence scored twice,
+    cost one judge pass. `disable_adapter=True` scores with a peft model's adapter switched off, i.e. with the
+    frozen base model under the explainer's LoRA (one copy of the weights in memory). The model's train/eval
+    mode is restored.
+    """
+
+    def __init__(self, model, tokenizer, batch_size: int = 8, disable_adapter: bool = False,
+                 memo_size: int = 4096):
+        self.model, self.tokenizer = model, tokenizer
+        self.batch_size, self.disable_adapter = int(batch_size), bool(disable_adapter)
+        self.memo_size = int(memo_size)
+        self._memo: dict[tuple, float] = {}
+
+    def remember(self, messages_batch: Sequence[Sequence[Mapping[str, str]]], p_yes: Sequence[float]) -> None:
+        """Store known P(Yes) values (readings precomputed by the same frozen judge, e.g. in llm_pairs)."""
+        if len(messages_batch) != len(p_yes):
+            raise ValueError(f"{len(p_yes)} values for {len(messages_batch)} prompts")
+        self._memo.update((self._key(m), float(p)) for m, p in zip(messages_batch, p_yes))
+
+    @staticmethod
+    def _messages(key: tuple) -> list[dict[str, str]]:
+        return [{"role": r, "content": c} for r, c in key]
+
+    @staticmethod
+    def _key(messages: Sequence[Mapping[str, str]]) -> tuple:
+        return tuple((m["role"], m["content"]) for m in messages)
+
+    def __call__(self, messages_batch: Sequence[Sequence[Mapping[str, str]]]) -> np.ndarray:
+        keys = [self._key(m) for m in messages_batch]
+        todo: dict[tuple, list[tuple]] = {}  # context (all but the last turn) -> prompts to score
+        for k in keys:
+            if k not in self._memo:
+                group = todo.setdefault(k[:-1], [])
+                if k not in group:
+                    group.append(k)
+        if todo:
+            # groups of one gain nothing from sharing their context: one plain pass scores them
+            single = [g[0] for g in todo.values() if len(g) == 1]
+            groups = [g for g in todo.values() if len(g) > 1]
+            was_training = self.model.training
+            self.model.eval()
+            ctx = self.model.disable_adapter() if self.disable_adapter else contextlib.nullcontext()
+            try:
+                with ctx:
+                    plain = judge_p_yes(self.model, self.tokenizer, [self._messages(k) for k in single],
+                                        batch_size=self.batch_size) if single else []
+                    grouped = judge_p_yes_grouped(self.model, self.tokenizer,
+                                                  [[self._messages(k) for k in g] for g in groups],
+                                                  batch_size=self.batch_size) if groups else []
+            finally:
+                if was_training:
+                    self.model.train()
+            if len(self._memo) > self.memo_size:
+                self._memo.clear()
+            self._memo.update(zip(single, (float(x) for x in plain)))
+            for g, sc in zip(groups, grouped):
+                self._memo.update(zip(g, (float(x) for x in sc)))
+        return np.array([self._memo[k] for k in keys], dtype=np.float64)

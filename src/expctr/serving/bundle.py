@@ -16,7 +16,7 @@ the past. Everything is copied, so a registered model never depends on the proje
 
 Each catalogue item carries the statistics the explainer's prompt states about its target ("Liked by 72% of
 its 1204 viewers so far."): `viewers` and `liked_share` over the TRAINING ratings the models were trained on,
-by the same function and prior the training pairs use (`expctr.explainer.pairs.target_stats`, with every
+by the same function and prior the training pairs use (`expctr.data.pairs.target_stats`, with every
 training rating in the past). Without them a served prompt would differ from every prompt the explainer was
 trained on. An item nobody rated in training has viewers 0 ("Nobody has rated it yet."); with
 `llm.target_stats: false` both are null and the prompt has no reception line, as in training.
@@ -36,11 +36,11 @@ import yaml
 
 from expctr.config import Params
 from expctr.data.features import OOV, PAD, FeatureMap
+from expctr.data.pairs import target_stats
 from expctr.data.sources import sha256_file
 from expctr.errors import ExpCTRError
-from expctr.explainer.pairs import target_stats
 from expctr.llm.encoder import prepare_encoder
-from expctr.llm.prompts import EXPLANATION_PREFIX
+from expctr.llm.verdicts import EXPLANATION_PREFIX
 from expctr.paths import ProjectPaths
 
 MANIFEST = "manifest.json"

@@ -19,7 +19,7 @@ from typing import Any
 
 from expctr.evaluation.faithfulness import TitleIndex, quoted_outside, unseen_mentions
 from expctr.evaluation.grounding import grounded
-from expctr.explainer.rewards import explanation_of
+from expctr.llm.explanations import explanation_of
 from expctr.llm.generation import sentence_end
 from expctr.llm.prompts import Item
 

@@ -1,17 +1,19 @@
 """The explainer prompt a served explanation is written from (shared by the predictor and the trust bench).
 
-Built only from `expctr.llm.prompts`, so a new prompt there is served as trained: the history is the one
-training's prompts keep (`fitted_explainer_history`: the longest recent part whose prompt, opened with
-EXPLANATION_PREFIX, fits the budget), and the assistant turn is then opened by the service (`served_opening`):
+Built only from `expctr.llm.prompts` and `expctr.llm.verdicts`, so the served prompt is the trained one token
+for token: the history is the one training keeps (`fitted_history`, which never depends on the target, so
+one user's candidates share everything before the target line and it is prefilled once), the prompt ends with
+EXPLANATION_PREFIX (where the explainer's verdict logit is read, as in training), and the assistant turn then
+goes on with the opening the service chose (`served_opening`):
 
-- `verdict`:  the verdict the score chose, `The user will probably enjoy`; the explainer writes the rest.
-- `anchored`: the verdict, the target's title, `because` and a history item on the verdict's side
-  (`reason_anchor`: the one sharing most genres with the target): `, like "That Item",` (or `, as with
-  "That Item",` when none shares a genre); the explainer writes the reason from there. Measured on the
-  served pair (bench/trust_bench.py, bench/opening_bench.py, README): the small explainer left to itself
-  names a history item or a shared genre in about half of its reasons and often writes a history title where
-  the target belongs; opened at the anchor it names the item the user actually rated, and most reasons pass
-  the checks at the first try, so the guard's second generation pass is mostly skipped.
+- `verdict`:  the verdict the score chose, worded by that score (`verdict_opening`: "The user will surely enjoy
+  "Heat""); the explainer writes the rest.
+- `anchored`: that verdict, `because` and a history item on the verdict's side (`reason_anchor`: the one
+  sharing most genres with the target): `, like "That Item",` (or `, as with "That Item",` when none shares
+  a genre); the explainer writes the reason from there. Measured on the served pair (bench/trust_bench.py,
+  bench/opening_bench.py, README): the small explainer left to itself names a history item or a shared genre
+  in about half of its reasons and often writes a history title where the target belongs; opened at the anchor
+  it names the item the user actually rated, and most reasons pass the checks at the first try.
 
 Neither opening changes training or the ExpCTR-LLM evaluation, which read the explainer's own verdicts.
 """
@@ -26,10 +28,10 @@ from expctr.llm.prompts import (
     Item,
     encode_messages,
     explainer_messages,
-    fitted_explainer_history,
+    fitted_history,
     sanitize_text,
-    verdict_prefix,
 )
+from expctr.llm.verdicts import EXPLANATION_PREFIX, verdict_opening
 
 Opening = Literal["verdict", "anchored"]
 
@@ -47,13 +49,14 @@ def reason_anchor(history: Sequence[Item], target: Item, positive: bool) -> Item
     return best
 
 
-def served_opening(positive: bool, target: Item, anchor: Item | None, opening: Opening = "anchored") -> str:
-    """The assistant turn's opening the explainer continues (see the module docstring): `, like "X",` when
-    the anchor shares a genre with the target, else the weaker `, as with "X",`."""
+def served_opening(p: float, target: Item, anchor: Item | None, opening: Opening = "anchored") -> str:
+    """The whole assistant opening the explainer continues (see the module docstring): the verdict worded by
+    the score `p`, then for `anchored` `because, like "X",` when the anchor shares a genre with the target,
+    else the weaker `because, as with "X",`."""
+    text = verdict_opening(p, target)
     if opening == "verdict":
-        return verdict_prefix(positive)
-    title = sanitize_text(target.title, MAX_TITLE_CHARS) or "untitled"
-    text = f'{verdict_prefix(positive)} "{title}" because'
+        return text
+    text += " because"
     if anchor is not None:
         link = "like" if set(anchor.genres) & set(target.genres) else "as with"
         text += f', {link} "{sanitize_text(anchor.title, MAX_TITLE_CHARS) or "untitled"}",'
@@ -63,31 +66,28 @@ def served_opening(positive: bool, target: Item, anchor: Item | None, opening: O
 class ServedPrompt(NamedTuple):
     """What the explainer is given for one served explanation."""
 
-    ids: list[int]  # exactly the tokens `rendered_prompt`'s text stands for: the generator takes them as they are
+    ids: list[int]  # the trained prompt up to EXPLANATION_PREFIX (where the verdict logit is read)
     history: list[Item]  # the part of the history in the prompt
-    opening: str  # the assistant turn's opening (`served_opening`)
+    opening: str  # the whole assistant opening (`served_opening`), starting with EXPLANATION_PREFIX
     anchor: Item | None  # the history item the opening names (None: the explainer chooses the whole reason)
 
+    @property
+    def continuation(self) -> str:
+        """What is fed after the prompt: the opening past EXPLANATION_PREFIX."""
+        return self.opening[len(EXPLANATION_PREFIX):]
 
-def served_prompt(tokenizer, history: Sequence[Item], target: Item, positive: bool, max_prompt_tokens: int,
-                  opening: Opening = "anchored") -> ServedPrompt:
-    """The prompt for one served explanation; the anchor is chosen from the history in the prompt.
 
-    Tokenising is a real share of a cold request on a CPU, so the whole history is tried first: when the
-    prompt with the (longer) served opening fits, the EXPLANATION_PREFIX one fits too and the search is not
-    needed. Otherwise the fitted history's prompt may exceed the budget by the opening's extra tokens, as the
-    prompts the explainer was trained on may by the verdict's."""
-
-    def build(items: list[Item]) -> ServedPrompt:
-        anchor = reason_anchor(items, target, positive) if opening == "anchored" else None
-        text = served_opening(positive, target, anchor, opening)
-        ids = encode_messages(tokenizer, explainer_messages(items, target) + [{"role": "assistant", "content": text}])
-        return ServedPrompt(ids, items, text, anchor)
-
-    whole = build(list(history))
-    if len(whole.ids) <= max_prompt_tokens:
-        return whole
-    return build(fitted_explainer_history(tokenizer, whole.history, target, max_prompt_tokens))
+def served_prompt(tokenizer, history: Sequence[Item], target: Item, p: float, max_prompt_tokens: int,
+                  opening: Opening = "anchored", fitted: Sequence[Item] | None = None) -> ServedPrompt:
+    """The prompt for one served explanation at score `p`; the anchor is chosen from the history in the prompt.
+    `fitted`: the user's history already fitted to the budget (one fit serves all of a user's candidates)."""
+    items = list(fitted) if fitted is not None else fitted_history(tokenizer, history, max_prompt_tokens)
+    positive = p >= 0.5
+    anchor = reason_anchor(items, target, positive) if opening == "anchored" else None
+    text = served_opening(p, target, anchor, opening)
+    ids = encode_messages(tokenizer, explainer_messages(items, target) + [{"role": "assistant",
+                                                                           "content": EXPLANATION_PREFIX}])
+    return ServedPrompt(ids, items, text, anchor)
 
 
 __all__ = ["Opening", "ServedPrompt", "reason_anchor", "served_opening", "served_prompt"]

@@ -10,6 +10,7 @@ rule.
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from typing import Any, TypeVar
 
@@ -24,6 +25,7 @@ from expctr.serving.errors import (
 )
 
 M = TypeVar("M", bound=BaseModel)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def check_media_type(content_type: str | None) -> None:
@@ -100,7 +102,9 @@ def decode_json(body: bytes) -> Any:
                           ) from None
     except RecursionError:
         raise InvalidJSON("request body nests too deeply") from None
-    if (where := _lone_surrogate(data)) is not None:
+    # strict UTF-8 decoding refuses encoded surrogates, so only a \uD800-\uDFFF escape can make one: the
+    # tree is walked only when the text has such an escape (a valid pair is one too, and passes the walk)
+    if _SURROGATE_ESCAPE.search(text) and (where := _lone_surrogate(data)) is not None:
         raise InvalidEncoding(f"{where}: a string holds a lone UTF-16 surrogate escape (such as \\ud800), "
                               "which is not valid Unicode text", field=where)
     return data

@@ -86,7 +86,9 @@ def _score_and_write(params: Params, paths: ProjectPaths, frames: dict[str, pl.D
                         "seconds_per_epoch": round(float(np.mean(epoch_s)), 3),
                         "train_seconds": round(train_seconds, 3),
                         "parameters": sum(t.numel() for t in model.parameters())}
-                save_id_model(out / f"{name}.pt", name, model.cpu(), params.ctr, info)
+                # the checkpoint keeps what the model is, not how long it took: a rerun writes the same bytes
+                save_id_model(out / f"{name}.pt", name, model.cpu(), params.ctr,
+                              {k: v for k, v in info.items() if "seconds" not in k})
                 curves[name] = pl.DataFrame(res.curve)
             test = binary_metrics(test_labels, probs)
             results[name] = {"test_auc": test["auc"], "test_logloss": test["logloss"], **info}

@@ -2,6 +2,7 @@
 
 Streams: the interactions are read in batches and the features built, validated (GX, chunk by chunk) and
 appended one user partition at a time (`data.chunk_rows` rows), so peak memory does not grow with the data.
+As in raw_data, a failed run replaces nothing: outputs are swapped in atomically after validation passes.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def run(params: Params, paths: ProjectPaths) -> dict:
             if not written[s]:  # an empty split is still validated (as an empty table)
                 validation.validate(f"features/{s}", empty[s])
         result = validation.result()
-        write_json(paths.metric("validation_features.json"), result)
+        # A failure raises here, before data/features or a metrics file is replaced.
         enforce(result, "the features built from data/raw", params.validation)
         for appender in appenders.values():
             appender.close()
@@ -77,5 +78,6 @@ def run(params: Params, paths: ProjectPaths) -> dict:
     metrics = {**builder.summary(), "validation_success": result["success"],
                "build_seconds": round(seconds - result["seconds"], 3),
                "validation_seconds": result["seconds"], "seconds": round(seconds, 3)}
+    write_json(paths.metric("validation_features.json"), result)
     write_json(paths.metric("features.json"), metrics)
     return metrics

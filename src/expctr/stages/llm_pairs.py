@@ -1,16 +1,17 @@
 """llm_pairs stage: seeded (user, target) samples for the LLM stages, the signals RL reads, the floor to beat.
 
-With `llm.target_stats`, each target carries how many rated it before the pair's time in the training split
-and the share who liked it (`expctr.explainer.pairs.target_stats`), which the prompt states; the same number is
-reported as a model-free rule ("rule_item_liked_share") beside the history rules, so the report shows what the
-LLM adds on top of it.
+Per split (`expctr.data.pairs`): the RL pool (`train`, uniform over the training period), ExpCTR-Aug's pairs
+(`valid`, slates of same-time pairs of one user from the valid period: after the ID model's training data,
+before the test period), the test pairs (`test`, uniform), and `donors` (one more test-period pair for each
+user with a single test pair: where the shuffled-explanation control takes its explanation from). Each pair
+carries its history and target rendered as items (with the target's reception so far, `target_stats`, when
+`llm.target_stats`) and `p_id`, the ID model's click probability.
 
-Writes per split the sampled pairs with their histories rendered as items and `p_id`, the ID model's click
-probability (the IC alignment target; it needs no label). For the RL pool (`train`) it also stores the frozen
-judge's P(Yes) for the two bare verdict sentences of each pair (`judge_p_yes_pos` / `judge_p_yes_neg`): the
-judge is frozen and the sentences are fixed, so these are properties of the pair, read once here and used by
-every round's dense verdict step. On the test pairs: the zero-shot judge (no explanation) and the model-free
-history rules.
+On the RL pool, the frozen judge's P(Yes) after each plain verdict sentence (`expctr.llm.verdicts`): the dense
+verdict step's rewards (`judge_p_yes_pos` / `judge_p_yes_neg`, read once here since the judge is frozen); on the
+first GRADE_CHECK_PAIRS pool pairs, its reading of every graded verdict: whether the judge reads the grades in
+order (metrics `judge_grades`).
+On the test pairs: the zero-shot judge and the model-free history rules.
 """
 
 from __future__ import annotations
@@ -24,71 +25,81 @@ from expctr.config import Params
 from expctr.ctr.batch import CTRData
 from expctr.ctr.checkpoint import load_id_model
 from expctr.ctr.trainer import binary_metrics, predict
-from expctr.data.features import SPLITS, FeatureMap
+from expctr.data.features import FeatureMap
+from expctr.data.pairs import attach_items, donor_pairs, sample_pairs, sample_slates, target_stats
 from expctr.explainer.baselines import genre_overlap, share_liked
-from expctr.explainer.pairs import attach_items, sample_pairs, target_stats
 from expctr.io import atomic_path, write_json
-from expctr.llm.base_model import load_model, load_tokenizer
+from expctr.llm.base_model import load_model, load_tokenizer, reading_params
 from expctr.llm.judge import judge_p_yes_grouped
-from expctr.llm.prompts import (
-    as_item,
-    fit_history,
-    fitted_explainer_history,
-    judge_messages,
-    verdict_sentence,
-)
+from expctr.llm.prompts import fitted_history, judge_messages
+from expctr.llm.verdicts import VERDICT_GRADES, verdict_sentence
 from expctr.paths import ProjectPaths
 
+OUTPUTS = ("train", "valid", "test", "donors")
+GRADE_CHECK_PAIRS = 100  # pool pairs on which every grade's reading is measured (the ladder's order check)
 
-def judge_groups(pairs: pl.DataFrame, tokenizer, max_prompt_tokens: int, explanations,
-                 explainer_history: bool = False) -> list:
-    """Per pair, the judge prompts of each explanation in `explanations[k]` (None = the zero-shot readout).
 
-    The history is the one the explainer sees (`explainer_history=True`: the RL pool, whose readings the rounds'
-    rewards look up by prompt), or the one that fits the longest judge prompt in the budget (the test pairs'
-    zero-shot readout); either way all of a pair's prompts share it."""
+def judge_groups(pairs: pl.DataFrame, tokenizer, max_prompt_tokens: int, explanations) -> list:
+    """Per pair, the judge prompts of each explanation in `explanations[k]` (None = the zero-shot readout), on
+    the history the explainer sees (`fitted_history`), so the rounds' rewards find these readings by prompt."""
     out = []
     for k, row in enumerate(pairs.select("history", "target").iter_rows(named=True)):
-        texts = explanations[k]
-        if explainer_history:
-            history = fitted_explainer_history(tokenizer, row["history"], row["target"], max_prompt_tokens)
-        else:
-            longest = max(texts, key=lambda t: len(t or ""))
-            history = fit_history(tokenizer, row["history"], row["target"], max_prompt_tokens,
-                                  build=lambda h, t, e=longest: judge_messages(h, t, e))
-        out.append([judge_messages(history, row["target"], t) for t in texts])
+        history = fitted_history(tokenizer, row["history"], max_prompt_tokens)
+        out.append([judge_messages(history, row["target"], t) for t in explanations[k]])
     return out
 
 
-def verdict_sentences(pairs: pl.DataFrame) -> list[list[str]]:
-    """The two bare verdict sentences of each pair: [positive, negative]."""
-    return [[verdict_sentence(True, as_item(t)), verdict_sentence(False, as_item(t))] for t in pairs["target"]]
+def grade_sentences(pairs: pl.DataFrame) -> list[list[str]]:
+    """The bare verdict sentence of every grade, highest first, for each pair."""
+    return [[verdict_sentence(g.min_p, t) for g in VERDICT_GRADES] for t in pairs["target"]]
+
+
+def sample_all(params: Params, frames: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
+    p, seed = params.pairs, params.seed
+    test = sample_pairs(frames["test"], p.test, seed + 2)
+    return {
+        "train": sample_pairs(frames["train"], p.train, seed, balance=p.balance_train),
+        "valid": sample_slates(frames["valid"], p.valid, p.valid_slate, seed + 1),
+        "test": test,
+        "donors": donor_pairs(test, frames["test"], seed + 3),
+    }
+
+
+def _grade_metrics(readings: np.ndarray) -> dict:
+    """Mean P(Yes) per grade and how often, per pair, each grade reads above the next lower one."""
+    names = [f"{g.words}{g.hedge}" for g in VERDICT_GRADES]
+    return {"mean_p_yes": dict(zip(names, readings.mean(0).round(4).tolist())),
+            "share_ordered_with_next": dict(zip(names[:-1], (readings[:, :-1] > readings[:, 1:]).mean(0).round(4).tolist()))}
 
 
 def run(params: Params, paths: ProjectPaths) -> dict:
     started = time.perf_counter()
-    frames = {s: pl.read_parquet(paths.features / f"{s}.parquet") for s in SPLITS}
+    frames = {s: pl.read_parquet(paths.features / f"{s}.parquet") for s in ("train", "valid", "test")}
     catalogue = pl.read_parquet(paths.features / "items.parquet")
-    sizes = {"train": params.pairs.train, "valid": params.pairs.valid, "test": params.pairs.test}
-    sampled = {s: sample_pairs(frames[s], sizes[s], params.seed + i,
-                               balance=(s == "train" and params.pairs.balance_train))
-               for i, s in enumerate(SPLITS)}
+    sampled = sample_all(params, frames)
     if params.llm.target_stats:
         sampled = {s: target_stats(df, frames["train"]) for s, df in sampled.items()}
     pairs = {s: attach_items(df, catalogue) for s, df in sampled.items()}
     fmap = FeatureMap.load(paths.ctr_models / "feature_map.json")
     id_model = load_id_model(paths.ctr_models / f"{params.ctr.model}.pt", fmap)
-    pairs = {s: df.with_columns(pl.Series("p_id", predict(id_model, CTRData.from_frame(df), 4096)))
+    pairs = {s: df.with_columns(pl.Series("p_id", predict(id_model, CTRData.from_frame(df), 4096)
+                                          if df.height else [], dtype=pl.Float32))
              for s, df in pairs.items()}
 
-    model = load_model(paths.base_llm, params.llm.dtype, params.llm.device, params.llm.threads)
+    llm = reading_params(params.llm)
+    model = load_model(paths.base_llm, llm.dtype, llm.device, llm.threads)
     tokenizer = load_tokenizer(paths.base_llm)
     budget, batch = params.llm.max_prompt_tokens, params.llm.judge_batch_size
     train = pairs["train"]
-    verdict = judge_p_yes_grouped(model, tokenizer, judge_groups(train, tokenizer, budget, verdict_sentences(train), explainer_history=True),
-                                  batch_size=batch, progress=True)
-    pairs["train"] = train.with_columns(pl.Series("judge_p_yes_pos", [v[0] for v in verdict]),
-                                        pl.Series("judge_p_yes_neg", [v[1] for v in verdict]))
+    plain = [[verdict_sentence(True, t), verdict_sentence(False, t)] for t in train["target"]]
+    verdict = np.array(judge_p_yes_grouped(model, tokenizer, judge_groups(train, tokenizer, budget, plain),
+                                           batch_size=batch, progress=True))
+    pairs["train"] = train.with_columns(pl.Series("judge_p_yes_pos", verdict[:, 0]),
+                                        pl.Series("judge_p_yes_neg", verdict[:, 1]))
+    ladder = train.head(GRADE_CHECK_PAIRS)
+    readings = np.array(judge_p_yes_grouped(model, tokenizer, judge_groups(ladder, tokenizer, budget,
+                                                                           grade_sentences(ladder)),
+                                            batch_size=batch, progress=True))
 
     test = pairs["test"]
     labels = test["label"].to_numpy()
@@ -106,16 +117,19 @@ def run(params: Params, paths: ProjectPaths) -> dict:
                                       *[pl.Series(f"rule_{k}", v) for k, v in rules.items()])
     with atomic_path(paths.llm_pairs) as tmp:
         tmp.mkdir()
-        for s, df in pairs.items():
-            df.write_parquet(tmp / f"{s}.parquet")
+        for s in OUTPUTS:
+            pairs[s].write_parquet(tmp / f"{s}.parquet")
     stance_gap = pairs["train"]["judge_p_yes_pos"] - pairs["train"]["judge_p_yes_neg"]
     metrics = {
         "pairs": {s: df.height for s, df in pairs.items()},
-        "label_rate": {s: float(df["label"].mean()) for s, df in pairs.items()},
+        "users": {s: df["user_id"].n_unique() for s, df in pairs.items()},
+        "label_rate": {s: float(df["label"].mean()) for s, df in pairs.items() if df.height},
         "test_zero_shot_judge": binary_metrics(labels, p_yes),
         "test_id_model": binary_metrics(labels, pairs["test"]["p_id"].to_numpy()),
+        "valid_id_model": binary_metrics(pairs["valid"]["label"].to_numpy(), pairs["valid"]["p_id"].to_numpy()),
         "test_rules": {k: binary_metrics(labels, _to_prob(v))["auc"] for k, v in rules.items()},
-        # how strongly the frozen judge follows a stated verdict on the RL pool (what the dense step can earn)
+        # how the frozen judge reads each graded verdict on the RL pool (what the verdict words can carry)
+        "judge_grades": _grade_metrics(readings),
         "judge_verdict": {"p_yes_pos_mean": float(pairs["train"]["judge_p_yes_pos"].mean()),
                           "p_yes_neg_mean": float(pairs["train"]["judge_p_yes_neg"].mean()),
                           "share_follows_stance": float((stance_gap > 0).mean())},

@@ -3,6 +3,10 @@
 Streams: the source is parsed in batches of about `data.chunk_rows` lines, held in memory up to that many
 rows and spilled to disk beyond; validation runs chunk by chunk over user partitions; interactions.parquet
 is appended batch by batch (with the bytes a single in-memory write gives, see `data/spill.py`).
+
+Outputs are replaced only once everything is parsed and validated, each atomically (`expctr.io`), and
+dvc.yaml marks them `persist: true` so DVC does not delete them first: a failed run leaves the last good
+data/raw and metrics files byte-identical.
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ from expctr.config import Params
 from expctr.data.formats import BATCH_BYTES, stream_recbole_atomic, stream_source
 from expctr.data.partitions import PartitionSpill, plan_partitions, user_counts
 from expctr.data.schema import RawStream
-from expctr.data.sources import EMBEDDED_DATASETS, extract_members, fetch_wheel, sha256_file
+from expctr.data.sources import EMBEDDED_DATASETS
 from expctr.data.spill import ParquetAppender, RowStore
 from expctr.data.validation import SuiteRun, enforce, prefetch_gx, raw_suites
 from expctr.errors import ExpCTRError
 from expctr.io import atomic_path, write_json
 from expctr.paths import ProjectPaths
+from expctr.wheels import extract_members, fetch_wheel, sha256_file
 
 TABLES = ("interactions", "items", "users")
 LINE_BYTES = 48  # a rough interaction line length, to turn chunk_rows into a parser block size
@@ -162,7 +167,7 @@ def run(params: Params, paths: ProjectPaths) -> dict:
         if users.height:
             validation.validate("users", users)
         result = validation.result()
-        write_json(paths.metric("validation_raw.json"), result)
+        # A failure raises here, before data/raw or a metrics file is replaced: the last good run's stay.
         enforce(result, f"the raw tables parsed from {provenance.get('dataset') or provenance.get('paths')}",
                 params.validation)
         appender.close()
@@ -170,5 +175,6 @@ def run(params: Params, paths: ProjectPaths) -> dict:
         users.write_parquet(out / "users.parquet")
     metrics = {**summary.result(counts.height, items, users), "provenance": provenance, "validation_success": result["success"],
                "seconds": round(time.perf_counter() - started, 3)}
+    write_json(paths.metric("validation_raw.json"), result)
     write_json(paths.metric("raw_data.json"), metrics)
     return metrics

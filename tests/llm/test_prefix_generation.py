@@ -6,8 +6,15 @@ import pytest
 
 from expctr.llm.base_model import load_model, load_tokenizer
 from expctr.llm.generation import generate
-from expctr.llm.prompts import EXPLANATION_PREFIX, Item, explainer_messages, rendered_prompt
-from expctr.serving.prefix_generation import common_prefix_len, generate_shared_prefix, plan_groups
+from expctr.llm.prefix_generation import (
+    common_prefix_len,
+    forward_seconds,
+    generate_opened,
+    generate_shared_prefix,
+    plan_groups,
+)
+from expctr.llm.prompts import Item, explainer_messages, rendered_prompt
+from expctr.llm.verdicts import EXPLANATION_PREFIX, verdict_token_ids
 
 HISTORY = [Item("Toy Story", 1995, ("Animation", "Comedy"), True), Item("Heat", 1995, ("Action", "Crime"), False),
            Item("Fargo", 1996, ("Crime", "Drama"), True), Item("Casino", 1995, ("Drama",), False)]
@@ -74,3 +81,40 @@ def test_sampling_is_per_row_and_caps_are_per_row(llm):
     assert together.raw_texts[2:] == alone.raw_texts  # a row's sample does not depend on its batch
     capped = generate_shared_prefix(model, tok, prompts[:2], max_new_tokens=[3, 40])
     assert capped.n_new_tokens[0] <= 3 and capped.n_new_tokens[1] > 3
+
+
+def test_opened_generation_reads_the_prompt_then_continues_the_chosen_opening(llm):
+    """One prefill serves the verdict reading and the generation: the first logits are the prompt's last-position
+    logits, the text equals plain generation from prompt + opening, and the pooled state is the mean last-layer
+    state over the opening and the generated tokens (computed here by one plain forward pass)."""
+    import torch
+
+    model, tok = llm
+    prompts = prompts_for(tok, HISTORY)[:3]
+    vt = verdict_token_ids(tok)
+    chosen = {}
+
+    def opening(i, logits):
+        chosen[i] = logits
+        return ' surely enjoy "X" because' if logits[0] > logits[1] else ' likely not enjoy "X" because'
+
+    with forward_seconds() as secs:
+        res = generate_opened(model, tok, prompts, opening, [vt.positive, vt.negative], groups=["u"] * 3,
+                              max_new_tokens=10, pool_hidden=True, batch_size=2)
+    assert secs["prefill"] > 0 and secs["decode"] > 0
+    for i, p in enumerate(prompts):
+        ids = tok(p, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            last = model(input_ids=torch.tensor([ids])).logits[0, -1]
+        assert res.first_logits[i] == pytest.approx([last[vt.positive].item(), last[vt.negative].item()], abs=1e-3)
+        assert res.first_logits[i] == chosen[i]
+        plain = generate(model, tok, [p + res.openings[i]], max_new_tokens=10, batch_size=1, progress=False)
+        assert res.generation.raw_texts[i] == plain.raw_texts[0]
+        forced = tok(res.openings[i], add_special_tokens=False)["input_ids"]
+        new = tok(res.generation.raw_texts[i], add_special_tokens=False)["input_ids"]
+        full = ids + forced + new
+        with torch.inference_mode():
+            h = model(input_ids=torch.tensor([full]), output_hidden_states=True).hidden_states[-1][0]
+        # the opening's positions and every generated token but the last (whose state is never needed)
+        want = h[len(ids):len(ids) + len(forced) + len(new) - 1].mean(0)
+        assert torch.allclose(torch.tensor(res.hidden[i]), want, atol=2e-3)

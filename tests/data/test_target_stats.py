@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from expctr.explainer.pairs import target_stats
+from expctr.data.pairs import target_stats
 from expctr.llm.prompts import Item, explainer_messages
 
 

@@ -8,6 +8,7 @@ pair keeps every ID feature column (so the text-augmented CTR model trains on ex
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 from expctr.data.features import HIST_CLICK_PAD, HIST_CLICK_YES
@@ -28,6 +29,43 @@ def sample_pairs(frame: pl.DataFrame, n: int, seed: int, balance: bool = False) 
     return pl.concat([pos.sample(n_pos, seed=seed), neg.sample(n_neg, seed=seed + 1)]).sample(
         fraction=1.0, seed=seed + 2, shuffle=True
     )
+
+
+def sample_slates(frame: pl.DataFrame, n: int, slate: int, seed: int) -> pl.DataFrame:
+    """About `n` rows drawn as slates: groups of `slate` rows of one user with the same timestamp (rated
+    together, so they share their history). Groups with at least `slate` rows are drawn with probability
+    proportional to their size, and `slate` rows uniformly within each, so every row of such a group is equally
+    likely to be drawn. Why slates: each pair then has another pair of its user (the shuffled-explanation
+    control needs one), and a slate's prompts share everything before the target line (one prefill)."""
+    if slate < 2:
+        raise ValueError(f"a slate needs at least 2 pairs, got {slate}")
+    keyed = frame.with_row_index("_row")
+    groups = (keyed.group_by("user_id", "timestamp", maintain_order=True).agg(pl.col("_row"))
+              .filter(pl.col("_row").list.len() >= slate))
+    if groups.height == 0:
+        raise ValueError(f"no user has {slate} pairs with the same timestamp to draw slates from")
+    rng = np.random.default_rng(seed)
+    sizes = groups["_row"].list.len().to_numpy().astype(float)
+    k = min(groups.height, max(1, n // slate))
+    picked = rng.choice(groups.height, size=k, replace=False, p=sizes / sizes.sum())
+    rows = groups["_row"].to_list()
+    chosen = [r for g in picked for r in rng.choice(rows[g], size=slate, replace=False).tolist()]
+    return keyed[chosen].drop("_row")
+
+
+def donor_pairs(pairs: pl.DataFrame, split: pl.DataFrame, seed: int) -> pl.DataFrame:
+    """For every user with a single pair in `pairs`, one more row of that user from `split` (another item,
+    seeded): where the shuffled-explanation control of that pair takes its explanation from. Users with no
+    other row get none."""
+    counts = pairs.group_by("user_id").len()
+    single = counts.filter(pl.col("len") == 1)["user_id"]
+    mine = pairs.filter(pl.col("user_id").is_in(single.implode())).select("user_id", "item_id")
+    candidates = (split.filter(pl.col("user_id").is_in(single.implode()))
+                  .join(mine, on=["user_id", "item_id"], how="anti"))
+    if candidates.height == 0:
+        return candidates
+    return (candidates.sample(fraction=1.0, shuffle=True, seed=seed)
+            .group_by("user_id", maintain_order=True).head(1).sort("user_id"))
 
 
 def target_stats(pairs: pl.DataFrame, train: pl.DataFrame, prior_weight: float = 10.0) -> pl.DataFrame:

@@ -1,0 +1,317 @@
+"""Batched one-sentence generation that prefills each shared prompt prefix once (the serving path).
+
+When one user's candidates are explained together, every prompt is the same system text and history up to
+the target line: most of each prompt. On a CPU the prefill of those tokens is most of the work, so each
+*group* of prompts (one user's, or any prompts that share a beginning) has its common prefix prefilled once
+(all groups in one left-padded batch: batch-1 passes of a few hundred tokens use a CPU's matmuls poorly), and
+each group's key/value cache is repeated for its prompts:
+
+    row i = left padding (masked) + prefix of its group (cached) + padding (masked) + suffix_i
+
+Several users' requests can so share one decoding batch (the service merges concurrent cold requests). The
+attention mask hides the padding, and each row's positions are counted over its own real tokens, so every
+row sees exactly its own prompt: greedy text equals plain `generate`'s.
+
+Decoding is a plain loop over the model's forward pass rather than `model.generate`, for two reasons
+measured to matter on a CPU: a row leaves the batch the moment it has ended its sentence (or emitted eos),
+so the remaining rows do not pay for it; and only the last position's logits are computed during prefill
+(`logits_to_keep=1`; the vocabulary projection of every prompt position is ~3x the cost of the last
+layer). Stopping is `expctr.llm.generation`'s sentence rule, so the texts and token counts are the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass
+
+from expctr.llm.generation import GenerationResult, encode_prompt, generation_result, sentence_end
+from expctr.llm.judge import cache_kwarg
+
+
+def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    if not seqs:
+        return 0
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for j in range(n):
+        if any(s[j] != first[j] for s in seqs[1:]):
+            return j
+    return n
+
+
+def plan_groups(encoded: Sequence[Sequence[int]], groups: Sequence[Hashable] | None,
+                min_prefix: int = 8) -> list[tuple[list[int], int]]:
+    """(row indices, shared prefix length) per prefill group. Rows of one group that share fewer than
+    `min_prefix` tokens become groups of one (prefix = their prompt but its last token)."""
+    labels = list(groups) if groups is not None else [0] * len(encoded)
+    if len(labels) != len(encoded):
+        raise ValueError(f"{len(labels)} group labels for {len(encoded)} prompts")
+    rows_of: dict[Hashable, list[int]] = {}
+    for i, g in enumerate(labels):
+        rows_of.setdefault(g, []).append(i)
+    plan = []
+    for rows in rows_of.values():
+        seqs = [encoded[i] for i in rows]
+        p = min(common_prefix_len(seqs), min(len(s) for s in seqs) - 1)
+        if len(rows) > 1 and p < min_prefix:
+            plan += [([i], len(encoded[i]) - 1) for i in rows]
+        else:
+            plan.append((rows, p))
+    return plan
+
+
+def _prompt_ids(tokenizer, prompt) -> list[int]:
+    """Token ids of a prompt given as ids already, as rendered text, or as chat messages."""
+    if isinstance(prompt, (list, tuple)) and all(isinstance(t, int) for t in prompt):
+        return list(prompt)
+    return encode_prompt(tokenizer, prompt)
+
+
+_TIMERS: list[dict[str, float]] = []
+
+
+@contextlib.contextmanager
+def forward_seconds() -> Iterator[dict[str, float]]:
+    """Wall seconds the generator spends in prefill (several positions a row) and in decoding (one position a
+    row) while the context is open: where a request's time goes, for benchmarks."""
+    acc = {"prefill": 0.0, "decode": 0.0}
+    _TIMERS.append(acc)
+    try:
+        yield acc
+    finally:
+        _TIMERS.remove(acc)
+
+
+def _forward(model, cache_kw: str, cache, want_hidden: bool, **inputs):
+    """(last position's logits, last layer's hidden states of every input position or None)."""
+    t0 = time.perf_counter()
+    out = model(**inputs, **{cache_kw: cache}, use_cache=True, logits_to_keep=1, output_hidden_states=want_hidden)
+    logits = out.logits[:, -1, :]
+    if _TIMERS:
+        kind = "decode" if inputs["input_ids"].shape[1] == 1 else "prefill"
+        for acc in _TIMERS:
+            acc[kind] += time.perf_counter() - t0
+    return logits, (out.hidden_states[-1] if want_hidden else None)
+
+
+@dataclass
+class OpenedResult:
+    """Per prompt, in input order: what `generate_opened` wrote after the forced opening, and what it read.
+
+    `generation` holds the continuation after the opening (its `texts` are the first sentence of the
+    continuation); `openings` the opening text each row was given; `first_logits` the logits of the requested
+    tokens at the end of the prompt (before the opening: e.g. the verdict); `hidden` the mean last-layer state
+    over the opening and the generated tokens, (n, d) float32, or None."""
+
+    generation: GenerationResult
+    openings: list[str]
+    first_logits: list[list[float]]
+    hidden: list[list[float]] | None
+
+
+def generate_shared_prefix(model, tokenizer, prompts: Sequence[str | Sequence[int]], *, groups: Sequence[Hashable] | None = None,
+                           max_new_tokens: int | Sequence[int] = 48, do_sample: bool = False,
+                           temperature: float = 1.0, seed: int = 0, seeds: Sequence[int] | None = None,
+                           min_prefix: int = 8) -> GenerationResult:
+    """The first sentence per prompt (greedy unless `do_sample`), all prompts in one batch. A prompt is
+    rendered text (tokenised without adding special tokens) or its token ids.
+
+    `groups` labels prompts whose common beginning should be prefilled once (default: all one group).
+    `max_new_tokens` may differ per prompt. Sampling draws each row from its own generator seeded with
+    `seeds[i]` (default `seed + i`), so a row's text does not depend on what it was batched with.
+    """
+    return _generate(model, tokenizer, prompts, groups=groups, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                     temperature=temperature, seed=seed, seeds=seeds, min_prefix=min_prefix)[0]
+
+
+def generate_opened(model, tokenizer, prompts: Sequence[str | Sequence[int]],
+                    opening: Callable[[int, list[float]], str] | None,
+                    first_token_ids: Sequence[int], *, groups: Sequence[Hashable] | None = None,
+                    max_new_tokens: int | Sequence[int] = 48, pool_hidden: bool = False, batch_size: int = 32,
+                    min_prefix: int = 8, progress: bool = False, desc: str = "explain") -> OpenedResult:
+    """Greedy first sentences, each row continued from an opening chosen after reading the prompt.
+
+    For every prompt: prefill it (shared prefixes once per group), read the logits of `first_token_ids` at its
+    last position, ask `opening(i, logits)` for the text the assistant turn goes on with (e.g. a verdict
+    phrase worded by the explainer's own confidence, or the verdict a score chose), feed that text, and decode
+    until the sentence ends. One prefill serves both the reading and the generation. Rows are processed in
+    batches of about `batch_size`, a group never split; results come back in input order. With
+    `opening=None` and `max_new_tokens=0` it only reads (no text is written).
+    """
+    import numpy as np
+
+    n = len(prompts)
+    encoded = [_prompt_ids(tokenizer, p) for p in prompts]
+    labels = list(groups) if groups is not None else list(range(n))
+    caps = [int(max_new_tokens)] * n if isinstance(max_new_tokens, int) else [int(c) for c in max_new_tokens]
+    rows_of: dict[Hashable, list[int]] = {}
+    for i, g in enumerate(labels):
+        rows_of.setdefault(g, []).append(i)
+    batches: list[list[int]] = [[]]
+    for rows in sorted(rows_of.values(), key=lambda r: -len(encoded[r[0]])):
+        if batches[-1] and len(batches[-1]) + len(rows) > batch_size:
+            batches.append([])
+        batches[-1].extend(rows)
+    texts, raw, counts, complete = [""] * n, [""] * n, [0] * n, [False] * n
+    openings, first = [""] * n, [[] for _ in range(n)]
+    hidden: list[list[float]] = [[] for _ in range(n)]
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n, desc=desc, disable=not progress, unit="prompt")
+    for rows in (b for b in batches if b):
+        res, extra = _generate(model, tokenizer, [encoded[i] for i in rows], groups=[labels[i] for i in rows],
+                               max_new_tokens=[caps[i] for i in rows], min_prefix=min_prefix,
+                               first_token_ids=list(first_token_ids),
+                               opening=None if opening is None else (lambda r, logits, rows=rows: opening(rows[r], logits)),
+                               pool_hidden=pool_hidden)
+        for r, i in enumerate(rows):
+            texts[i], raw[i], counts[i], complete[i] = (res.texts[r], res.raw_texts[r], res.n_new_tokens[r],
+                                                        res.complete[r])
+            openings[i], first[i] = extra["openings"][r], extra["first"][r]
+            if pool_hidden:
+                hidden[i] = extra["hidden"][r]
+        bar.update(len(rows))
+    bar.close()
+    gen = GenerationResult(texts=texts, raw_texts=raw, n_new_tokens=counts, complete=complete)
+    return OpenedResult(gen, openings, first, [list(map(float, np.asarray(h))) for h in hidden] if pool_hidden else None)
+
+
+def _generate(model, tokenizer, prompts, *, groups, max_new_tokens, do_sample: bool = False, temperature: float = 1.0,
+              seed: int = 0, seeds=None, min_prefix: int = 8, first_token_ids: Sequence[int] | None = None,
+              opening: Callable[[int, list[float]], str] | None = None, pool_hidden: bool = False):
+    """One batch: prefill (shared prefixes once), optionally read first-token logits and feed an opening, decode."""
+    import torch
+    from transformers import DynamicCache
+
+    n = len(prompts)
+    if n == 0:
+        return generation_result([], [], []), {"openings": [], "first": [], "hidden": []}
+    encoded = [_prompt_ids(tokenizer, p) for p in prompts]
+    if min(len(e) for e in encoded) < 2:
+        raise ValueError("every prompt needs at least two tokens")
+    caps = [int(max_new_tokens)] * n if isinstance(max_new_tokens, int) else [int(c) for c in max_new_tokens]
+    row_seeds = list(seeds) if seeds is not None else [seed + i for i in range(n)]
+    if len(caps) != n or len(row_seeds) != n:
+        raise ValueError("max_new_tokens and seeds need one value per prompt")
+    eos = model.generation_config.eos_token_id
+    stop_ids = {tokenizer.pad_token_id, *(eos if isinstance(eos, list) else [eos if eos is not None else
+                                                                              tokenizer.eos_token_id])}
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    dev = model.device
+    cache_kw = cache_kwarg(model)
+    plan = plan_groups(encoded, groups, min_prefix)
+    group_of = {i: g for g, (rows, _) in enumerate(plan) for i in rows}
+    p_len = [plan[group_of[i]][1] for i in range(n)]
+    p_max = max(p_len)
+    extra: dict[str, list] = {"openings": [""] * n, "first": [[] for _ in range(n)], "hidden": [None] * n}
+    h_sum, h_count = None, [0] * n
+
+    def pool(h, real):
+        """Add the last-layer states of the real (unmasked) new positions to each row's running sum."""
+        nonlocal h_sum
+        if not pool_hidden:
+            return
+        h = h.float()
+        m = torch.as_tensor(real, device=dev, dtype=h.dtype)
+        part = (h * m[..., None]).sum(1)
+        if h_sum is None:
+            h_sum = torch.zeros((n, h.shape[-1]), device=dev)
+        for r, i in enumerate(active):
+            h_sum[i] += part[r]
+            h_count[i] += int(sum(real[r]))
+
+    with torch.inference_mode():
+        # 1. every group's shared prefix, prefilled once, the groups side by side (left-padded to the longest)
+        prefixes = [encoded[rows[0]][:p] for rows, p in plan]
+        prefix_mask = torch.tensor([[0] * (p_max - len(x)) + [1] * len(x) for x in prefixes], device=dev)
+        cache = DynamicCache()
+        _forward(model, cache_kw, cache, False,
+                 input_ids=torch.tensor([[pad] * (p_max - len(x)) + x for x in prefixes], device=dev),
+                 attention_mask=prefix_mask, position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0))
+        cache.reorder_cache(torch.tensor([group_of[i] for i in range(n)], device=dev))  # one cache row per prompt
+
+        # 2. every row's own suffix, left-padded, positions continuing its own prefix
+        suffixes = [encoded[i][p_len[i]:] for i in range(n)]
+        width = max(len(s) for s in suffixes)
+        ids = [[pad] * (width - len(s)) + s for s in suffixes]
+        mask = [[0] * (p_max - p_len[i]) + [1] * p_len[i] + [0] * (width - len(s)) + [1] * len(s)
+                for i, s in enumerate(suffixes)]
+        pos = [[0] * (width - len(s)) + list(range(p_len[i], p_len[i] + len(s))) for i, s in enumerate(suffixes)]
+        attention = torch.tensor(mask, device=dev)
+        next_pos = torch.tensor([p_len[i] + len(s) for i, s in enumerate(suffixes)], device=dev)
+        active = list(range(n))
+        logits, h_last = _forward(model, cache_kw, cache, bool(first_token_ids), input_ids=torch.tensor(ids, device=dev),
+                                  attention_mask=attention, position_ids=torch.tensor(pos, device=dev))
+
+        # 2b. the logits asked for, then each row's opening fed as forced tokens (right-aligned, padding masked)
+        if first_token_ids:
+            # in float32 from the last hidden state: a bfloat16 model's own logits are too coarse (~0.1 apart near
+            # their usual size) for a difference of two of them to be a score
+            head = model.get_output_embeddings()
+            w = head.weight[list(first_token_ids)].float()
+            picked = h_last[:, -1].float() @ w.T
+            if getattr(head, "bias", None) is not None:
+                picked = picked + head.bias[list(first_token_ids)].float()
+            extra["first"] = picked.cpu().tolist()
+        if max(caps) == 0 and opening is None:  # a reading only: nothing to write
+            return generation_result([""] * n, [0] * n, [True] * n), extra
+        if opening is not None:
+            texts = [opening(i, extra["first"][i]) for i in range(n)]
+            extra["openings"] = texts
+            forced = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+            if min(len(f) for f in forced) < 1:
+                raise ValueError("every opening needs at least one token")
+            f_width = max(len(f) for f in forced)
+            f_ids = [[pad] * (f_width - len(f)) + f for f in forced]
+            real = [[0] * (f_width - len(f)) + [1] * len(f) for f in forced]
+            f_pos = [[0] * (f_width - len(f)) + list(range(int(next_pos[i]), int(next_pos[i]) + len(f)))
+                     for i, f in enumerate(forced)]
+            attention = torch.cat([attention, torch.tensor(real, device=dev)], dim=1)
+            logits, h = _forward(model, cache_kw, cache, pool_hidden, input_ids=torch.tensor(f_ids, device=dev),
+                                 attention_mask=attention, position_ids=torch.tensor(f_pos, device=dev))
+            pool(h, real)
+            next_pos = next_pos + torch.tensor([len(f) for f in forced], device=dev)
+
+        # 3. decode; a row leaves the batch once it has ended a sentence, emitted eos, or hit its cap
+        gens = [torch.Generator(device=dev).manual_seed(int(s)) for s in row_seeds] if do_sample else []
+        new_tokens: list[list[int]] = [[] for _ in range(n)]
+        ended = [False] * n
+        while True:
+            if do_sample:
+                probs = torch.softmax(logits.float() / max(temperature, 1e-5), dim=-1)
+                picked = [int(torch.multinomial(probs[r], 1, generator=gens[i]).item()) for r, i in enumerate(active)]
+            else:
+                picked = logits.argmax(dim=-1).tolist()
+            keep = []
+            for r, (i, tok) in enumerate(zip(active, picked)):
+                if tok in stop_ids:
+                    ended[i] = True
+                    continue
+                new_tokens[i].append(tok)
+                if sentence_end(tokenizer.decode(new_tokens[i], skip_special_tokens=True), final=False) is not None:
+                    ended[i] = True
+                elif len(new_tokens[i]) < caps[i]:
+                    keep.append(r)
+            if not keep:
+                break
+            if len(keep) < len(active):
+                idx = torch.tensor(keep, device=dev)
+                cache.batch_select_indices(idx)
+                attention, next_pos = attention[idx], next_pos[idx]
+            active = [active[r] for r in keep]
+            step = torch.tensor([[new_tokens[i][-1]] for i in active], device=dev)
+            attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=1)
+            logits, h = _forward(model, cache_kw, cache, pool_hidden, input_ids=step, attention_mask=attention,
+                                 position_ids=next_pos[:, None])
+            pool(h, [[1]] * len(active))
+            next_pos = next_pos + 1
+
+    raw = [tokenizer.decode(t, skip_special_tokens=True) for t in new_tokens]
+    if pool_hidden:
+        extra["hidden"] = [(h_sum[i] / max(h_count[i], 1)).cpu().numpy() for i in range(n)]
+    return generation_result(raw, [len(t) for t in new_tokens], ended), extra
+
+
+__all__ = ["OpenedResult", "common_prefix_len", "forward_seconds", "generate_opened", "generate_shared_prefix",
+           "plan_groups"]
