@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "command": recorded_command("pipeline_bench.py", list(argv if argv is not None else sys.argv[1:])),
         "commit": commit, "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "complete": not args.stages,  # False: only the listed stages ran, the total is theirs alone
         "total_seconds": round(total, 1), "total_minutes": round(total / 60, 1),
         "peak_rss_gib": max(r["peak_rss_gib"] for r in rows), "stages": rows,
     }

@@ -269,7 +269,9 @@ def prepare_base_model(
                 f"nothing was written to {out_dir}"
             )
         info["size_bytes"] = int(sum(f.stat().st_size for f in staged.iterdir() if f.is_file()))
-        (staged / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        # timings go to the stage's metrics, not the artifact: a rerun must write the same bytes
+        artifact = {k: v for k, v in info.items() if k != "timings"}
+        (staged / INFO_FILE).write_text(json.dumps(artifact, indent=2, sort_keys=True) + "\n")
     return {**info, "reused": False}
 
 
