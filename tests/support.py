@@ -90,3 +90,15 @@ def opens_with_verdict(text: str, positive: bool) -> bool:
     from expctr.llm.verdicts import EXPLANATION_PREFIX, VERDICT_GRADES
 
     return any(text.startswith(f"{EXPLANATION_PREFIX} {g.words} ") for g in VERDICT_GRADES if g.positive == positive)
+
+
+TIMING_KEYS = {"seconds", "build_seconds", "validation_seconds"}  # wall-clock fields: differ between runs
+
+
+def without_timings(obj):
+    """A metrics object with its wall-clock fields dropped, at any depth: what two equal runs share."""
+    if isinstance(obj, dict):
+        return {k: without_timings(v) for k, v in obj.items() if k not in TIMING_KEYS}
+    if isinstance(obj, list):
+        return [without_timings(v) for v in obj]
+    return obj

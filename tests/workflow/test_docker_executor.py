@@ -17,7 +17,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import REPO_ROOT, SHARED_CACHE, TINY_SLICE, VENV_BIN, copy_project_tree, make_params
+from support import (
+    REPO_ROOT,
+    SHARED_CACHE,
+    TINY_SLICE,
+    VENV_BIN,
+    copy_project_tree,
+    make_params,
+    without_timings,
+)
 
 from orchestration.executors import (
     CONTAINER_LABEL,
@@ -33,7 +41,6 @@ GIT = ["git", "-c", "user.name=expctr-tests", "-c", "user.email=tests@expctr.inv
 ASSETS = "raw_data,validated_features"
 STAGES = ("raw_data", "features")
 # wall-clock fields of the stages' metrics JSON: the only values allowed to differ between two runs
-TIMING_KEYS = {"seconds", "build_seconds", "validation_seconds"}
 
 
 def sh(cmd: list, cwd: Path, env: dict | None = None, timeout: int = 1200) -> subprocess.CompletedProcess:
@@ -84,14 +91,6 @@ def file_hashes(root: Path, rel: str) -> dict[str, str]:
     base = root / rel
     files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
-
-
-def without_timings(obj):
-    if isinstance(obj, dict):
-        return {k: without_timings(v) for k, v in obj.items() if k not in TIMING_KEYS}
-    if isinstance(obj, list):
-        return [without_timings(v) for v in obj]
-    return obj
 
 
 def comparable_lock(root: Path) -> dict:

@@ -20,7 +20,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import REPO_ROOT, SHARED_CACHE, TINY_SLICE, VENV_BIN, copy_project_tree, make_params
+from support import (
+    REPO_ROOT,
+    SHARED_CACHE,
+    TINY_SLICE,
+    VENV_BIN,
+    copy_project_tree,
+    make_params,
+    without_timings,
+)
 
 from expctr.data.sources import EMBEDDED_DATASETS
 from expctr.wheels import extract_members, fetch_wheel
@@ -32,7 +40,6 @@ BAD_LINE = 42  # 1-based line of ml-1m.inter whose rating becomes `abc`
 OUTPUT_DIRS = ("data/raw", "data/features")
 METRICS = ("metrics/raw_data.json", "metrics/validation_raw.json", "metrics/features.json",
            "metrics/validation_features.json")
-TIMING_KEYS = {"seconds", "build_seconds", "validation_seconds"}  # wall-clock fields: differ between runs
 GIT_IDENT = {f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER")
              for what, value in (("NAME", "expctr-tests"), ("EMAIL", "tests@expctr.invalid"))}
 FORCE_RAW_DATA = json.dumps({"ops": {"raw_data": {"config": {"force": True}}}})
@@ -91,14 +98,6 @@ def snapshot(root: Path) -> dict[str, tuple[str, int]]:
     assert len(files) > len(METRICS) + 1 + len(OUTPUT_DIRS), f"outputs missing under {root}: {files}"
     return {str(f.relative_to(root)): (hashlib.sha256(f.read_bytes()).hexdigest(), f.stat().st_mtime_ns)
             for f in files}
-
-
-def without_timings(obj):
-    if isinstance(obj, dict):
-        return {k: without_timings(v) for k, v in obj.items() if k not in TIMING_KEYS}
-    if isinstance(obj, list):
-        return [without_timings(v) for v in obj]
-    return obj
 
 
 def assert_same_as(first: dict[str, tuple[str, int]], root: Path, first_metrics: dict) -> None:
