@@ -131,13 +131,19 @@ def send_all(url: str, plans: list[dict], desc: str) -> list[tuple[float, int, d
     return out
 
 
-def latency(results, kinds: list[str] | None = None, plans=None) -> dict:
-    ms = np.array([lat for n, (lat, _, _) in enumerate(results)
-                   if kinds is None or plans[n]["kind"] in kinds]) * 1000
+def latency(results, kinds: list[str] | None = None, plans=None, where=None) -> dict:
+    """p50/p95/mean of the requests of `kinds` (all when None) for which `where(body)` holds (all when None)."""
+    ms = np.array([lat for n, (lat, _, body) in enumerate(results)
+                   if (kinds is None or plans[n]["kind"] in kinds) and (where is None or where(body))]) * 1000
     if not len(ms):
         return {"requests": 0}
     return {"requests": len(ms), "p50_ms": round(float(np.percentile(ms, 50)), 1),
             "p95_ms": round(float(np.percentile(ms, 95)), 1), "mean_ms": round(float(ms.mean()), 1)}
+
+
+def any_regenerated(body: dict | None) -> bool:
+    """Whether the server wrote any explanation of this slate a second time (a second generation pass)."""
+    return bool(body) and any(it.get("regenerated") for it in body["items"] if it.get("explanation"))
 
 
 def check_items(bundle: Bundle, plans: list[dict], results) -> tuple[dict, list[dict]]:
@@ -244,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
             "uncached": latency(cold), "cached": latency(cached),
             "uncached_known_users": latency(cold, ["known"], plans),
             "uncached_cold_start": latency(cold, ["cold"], plans),
+            # Why a slate is slow: a regenerated explanation costs the slate a second generation pass.
+            "uncached_no_regeneration": latency(cold, where=lambda b: b is not None and not any_regenerated(b)),
+            "uncached_with_regeneration": latency(cold, where=any_regenerated),
         },
         "all_cached_on_second_pass": all(it["cached"] for _, s, b in cached if b for it in b["items"]),
         "explainer_counts": counts,

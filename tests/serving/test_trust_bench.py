@@ -82,3 +82,20 @@ def test_the_trust_figures_count_what_the_texts_say(bundle):
     assert summary["complete_single_sentence_rate"] == 0.8
     # the server's flags (all "true" here) disagree with the checks on the three failing texts
     assert summary["server_flags"]["flags_match_checks"] == 0.4
+
+
+def test_latency_splits_slates_by_a_second_generation_pass():
+    bench = _bench()
+
+    def body(*regenerated):
+        return {"items": [{"explanation": "x.", "regenerated": r} for r in regenerated]
+                + [{"explanation": None, "regenerated": True}]}  # an unexplained item never counts
+
+    results = [(1.0, 200, body(False, False)), (3.0, 200, body(False, True)), (2.0, 200, body(False)),
+               (9.0, 500, None)]
+    plans = [{"kind": "known"}, {"kind": "known"}, {"kind": "cold"}, {"kind": "known"}]
+    assert [bench.any_regenerated(b) for _, _, b in results] == [False, True, False, False]
+    clean = bench.latency(results, where=lambda b: b is not None and not bench.any_regenerated(b))
+    assert clean == {"requests": 2, "p50_ms": 1500.0, "p95_ms": 1950.0, "mean_ms": 1500.0}
+    assert bench.latency(results, ["known"], plans, where=bench.any_regenerated)["requests"] == 1
+    assert bench.latency(results, ["cold"], plans, where=bench.any_regenerated) == {"requests": 0}
