@@ -59,3 +59,25 @@ def test_bad_source_is_a_clear_error(tmp_path):
         prepare_base_model(tmp_path / "out", tmp_path / "cache", source=str(tmp_path / "missing"))
     with pytest.raises(ExpCTRError, match="dtype"):
         prepare_base_model(tmp_path / "out", tmp_path / "cache", dtype="int8")
+
+
+def test_bfloat16_head_reads_a_contiguous_input_with_the_same_logits(base_model_dir):
+    """A prefill with `logits_to_keep=1` hands the head a strided slice; the loaded bfloat16 model's head gets a
+    contiguous one and the logits equal those of the model without the hook, bit for bit."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from expctr.llm.base_model import load_model
+
+    hooked = load_model(base_model_dir, dtype="bfloat16")
+    plain = AutoModelForCausalLM.from_pretrained(str(base_model_dir), dtype=torch.bfloat16).eval()
+    seen = []
+    hooked.get_output_embeddings().register_forward_hook(lambda _m, args, _out: seen.append(args[0].is_contiguous()))
+    plain.get_output_embeddings().register_forward_hook(lambda _m, args, _out: seen.append(args[0].is_contiguous()))
+    ids = torch.randint(100, 20000, (3, 9), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        a = hooked(input_ids=ids, logits_to_keep=1).logits
+        b = plain(input_ids=ids, logits_to_keep=1).logits
+    assert seen == [True, False]  # the plain model shows the strided slice the hook fixes
+    assert torch.equal(a, b)
+    assert not load_model(base_model_dir, dtype="float32").get_output_embeddings()._forward_pre_hooks
