@@ -92,7 +92,7 @@ def test_package_then_serve_the_bento_over_http(tiny_rounds_project: Path, tmp_p
         metrics = {line.split(" ")[0]: float(line.rsplit(" ", 1)[1])
                    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines()
                    if line.startswith("expctr_ctr_batch_requests_")}
-        # every CTR request went through the adaptive batcher (count = forward passes, sum = requests)
+        # every CTR request was scored in a counted forward pass (count = passes, sum = requests; lone ones alone)
         assert metrics["expctr_ctr_batch_requests_sum"] >= 48, metrics
         assert 1 <= metrics["expctr_ctr_batch_requests_count"] <= metrics["expctr_ctr_batch_requests_sum"]
         bad = httpx.post(f"{url}/predict", content=b"{oops", headers={"content-type": "application/json"})
