@@ -25,6 +25,7 @@ Recipes:
 - `+text`: the explanation's sentence embedding beside the verdict logit.
 
 Usage:  .venv/bin/python bench/aug_recipes.py [--round 3] [--folds 5] [--seeds 4] [--recipes default bag ...]
+                                                [--seed-offset N --out bench/results/aug_recipes_seed_N.json]
 Results: bench/results/aug_recipes.json
 """
 
@@ -220,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folds", type=int, default=5, help="folds of the bagged protocol")
     ap.add_argument("--seeds", type=int, default=4, help="extra seeds of the default recipe (its seed noise)")
     ap.add_argument("--recipes", nargs="*", help="recipe names (default: all)")
+    ap.add_argument("--seed-offset", type=int, default=0,
+                    help="added to every recipe's seed (folds, holdout, head init): how much a figure is the seed's")
     ap.add_argument("--project", type=Path, default=ROOT)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "aug_recipes.json")
     args = ap.parse_args(argv)
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         valid, test, n_test = loaded[r.text]
         test_known = float(known_users(test.frame[:n_test]).mean())
         started = time.perf_counter()
-        results[name] = run_recipe(r, id_model, valid, test, n_test, params, params.seed + args.round, args.folds,
+        results[name] = run_recipe(r, id_model, valid, test, n_test, params, params.seed + args.round + args.seed_offset, args.folds,
                                    test_known)
         results[name]["seconds"] = round(time.perf_counter() - started, 1)
         v = results[name]["variants"]
@@ -254,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out, {
         "command": recorded_command("aug_recipes.py", sys.argv[1:] if argv is None else argv),
         "round": args.round,
+        "seed_offset": args.seed_offset,
         "valid_pairs": int((valid.donors >= 0).sum()),
         "test_pairs": n_test,
         "known_user_share": {"valid": float(known_users(valid.frame[: valid.frame.height]).mean()),

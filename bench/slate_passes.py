@@ -53,7 +53,8 @@ def classify(passes: list[tuple[int, int, float]]) -> list[tuple[str, int, int, 
 
 def head_micro(threads: int = 2) -> dict:
     """ms of the vocabulary projection of one position per row, input strided (a slice of a 27-position pass,
-    as transformers passes it) or contiguous, per dtype and rows (best of 3)."""
+    as transformers passes it), made `.contiguous()`, or copied in the contiguous format, per dtype and rows
+    (best of 3)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -62,7 +63,10 @@ def head_micro(threads: int = 2) -> dict:
         weight = torch.randn(49152, 576, dtype=dtype)
         for rows in (1, 10, 32):
             strided = torch.randn(rows, 27, 576, dtype=dtype)[:, -1:, :]
-            for layout, x in (("strided", strided), ("contiguous", strided.contiguous())):
+            # one row: the view counts as contiguous (size-1 dims' strides are ignored), so .contiguous() keeps
+            # its strides; only a copy in the contiguous format gives the kernel canonical ones
+            copied = strided.clone(memory_format=torch.contiguous_format)
+            for layout, x in (("strided", strided), ("contiguous", strided.contiguous()), ("copied", copied)):
                 best = float("inf")
                 for _ in range(3):
                     t = time.perf_counter()
@@ -86,7 +90,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="measure with the explainer's output projection reading a contiguous input")
     ap.add_argument("--out", type=Path, default=None,
                     help="default: bench/results/slate_passes.json (slate_passes_contiguous_head.json with the lever)")
+    ap.add_argument("--micro-only", action="store_true",
+                    help="only the output-projection micro-benchmark (bench/results/output_projection.json)")
     args = ap.parse_args(argv)
+    if args.micro_only:
+        res = {"command": "bench/slate_passes.py --micro-only", "output_projection_ms": head_micro()}
+        out = args.out or ROOT / "bench" / "results" / "output_projection.json"
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(res, indent=2) + "\n")
+        tmp.replace(out)
+        print(json.dumps(res, indent=2))
+        return 0
     if args.out is None:
         name = "slate_passes_contiguous_head.json" if args.contiguous_head else "slate_passes.json"
         args.out = ROOT / "bench" / "results" / name
