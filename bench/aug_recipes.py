@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
+from scipy.special import expit, logit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import recorded_command
@@ -53,7 +54,7 @@ from expctr.ctr.checkpoint import load_id_model
 from expctr.ctr.text_augmented import aug_probability, train_text_ctr, with_text
 from expctr.data.features import OOV, FeatureMap
 from expctr.evaluation.metrics import auc_with_ci, paired_auc_difference
-from expctr.explainer.aug_stage import AugInputs, holdout_rows, join_explanations
+from expctr.explainer.aug_stage import AugInputs, join_explanations, score_variant, train_variants
 from expctr.io import write_json
 from expctr.paths import ProjectPaths
 
@@ -71,7 +72,7 @@ class Recipe:
     seed_offset: int = 0
 
 
-def recipes(folds: int, seeds: int) -> dict[str, Recipe]:
+def recipes(seeds: int) -> dict[str, Recipe]:
     out = {"default": Recipe("default")}
     out.update({f"default+{s}": Recipe(f"default+{s}", seed_offset=s) for s in range(1, seeds + 1)})
     for name, kw in [("bag", {}), ("bag+known", {"known": True}), ("bag+reweight", {"reweight": True}),
@@ -115,17 +116,6 @@ def rows(data: CTRData, idx: np.ndarray) -> CTRData:
                    None if data.text is None else data.text[i])
 
 
-def logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-7, 1 - 1e-7)
-    return np.log(p / (1 - p))
-
-
-def id_probability(id_model, data: CTRData) -> np.ndarray:
-    id_model.eval()
-    with torch.no_grad():
-        return torch.cat([torch.sigmoid(id_model(b)).double() for b in data.batches(4096)]).numpy()
-
-
 def resample_to_share(train_idx: np.ndarray, known: np.ndarray, share: float, seed: int) -> np.ndarray:
     """As many rows as train_idx, drawn with replacement so that a share `share` are known users."""
     k = known[train_idx] > 0.5
@@ -134,55 +124,64 @@ def resample_to_share(train_idx: np.ndarray, known: np.ndarray, share: float, se
     return np.sort(rng.choice(train_idx, size=len(train_idx), replace=True, p=w / w.sum()))
 
 
+def holdout_recipe(r: Recipe, id_model, valid: AugInputs, test: AugInputs, n_test: int, params, tp, seed: int
+                   ) -> tuple[dict, dict]:
+    """The pipeline's own CTR stage (`train_variants`, one slate holdout), scored as the round scores it."""
+    if r.known or r.reweight:
+        raise ValueError(f"recipe {r.name}: known-user inputs and resampling are only wired into the bagged protocol")
+    trained = train_variants(id_model, valid, params.model_copy(update={"text_ctr": tp}), seed, desc=r.name)
+    scores = {v: score_variant(t, test, tp.explanation_blocks, n_test) for v, t in trained.items()}
+    info = {v: {"best_epoch": t.fit.best_epoch, "valid_gain": t.fit.best_valid_auc - t.fit.curve[0]["valid_auc"]}
+            for v, t in trained.items()}
+    return scores, info
+
+
+def bagged_recipe(r: Recipe, id_model, valid: AugInputs, test: AugInputs, n_test: int, params, tp, seed: int,
+                  folds: int, test_known_share: float) -> tuple[dict, dict]:
+    """K slate folds, each fold's model early-stopped on its own fold; test logits averaged over the K models,
+    validation judged on the out-of-fold predictions against the ID model's on the same pairs."""
+    usable = np.flatnonzero(valid.donors >= 0)
+    fold = slate_folds(valid.frame[usable.tolist()], folds, seed)
+    known_valid = known_users(valid.frame)
+    y_valid = valid.frame["label"].to_numpy()[usable].astype(int)
+    p_id_valid = valid.frame["p_id"].to_numpy()[usable]
+    scores, info = {}, {}
+    for v in VARIANTS:
+        vdata, dims = inputs(valid, v, tp.explanation_blocks, r.known)
+        tdata = rows(inputs(test, v, tp.explanation_blocks, r.known)[0], np.arange(n_test))
+        oof, test_logits, epochs = np.zeros(len(usable)), [], []
+        for f in range(folds):
+            tr, va = usable[fold != f], usable[fold == f]
+            if r.reweight:
+                tr = resample_to_share(tr, known_valid, test_known_share, seed + f)
+            model, fit = train_text_ctr(copy.deepcopy(id_model), dims, rows(vdata, tr), rows(vdata, va), tp,
+                                        seed + f, desc=f"{r.name} ({v}, fold {f})")
+            oof[fold == f] = aug_probability(model, rows(vdata, va))
+            test_logits.append(logit(np.clip(aug_probability(model, tdata), 1e-7, 1 - 1e-7)))
+            epochs.append(fit.best_epoch)
+        scores[v] = expit(np.mean(test_logits, axis=0))
+        gain = paired_auc_difference(y_valid, oof, p_id_valid, seed=params.seed, n_boot=params.evaluation.bootstrap)
+        info[v] = {"best_epochs": epochs, "valid_gain": gain["diff"], "valid_gain_ci": [gain["ci_low"], gain["ci_high"]]}
+    return scores, info
+
+
 def run_recipe(r: Recipe, id_model, valid: AugInputs, test: AugInputs, n_test: int, params, seed: int, folds: int,
                test_known_share: float) -> dict:
-    tp = params.text_ctr.model_copy(update={"hidden": [] if r.linear else params.text_ctr.hidden})
-    blocks = ["verdict", "text"] if r.text else list(params.text_ctr.explanation_blocks)
+    tp = params.text_ctr.model_copy(update={
+        "hidden": [] if r.linear else params.text_ctr.hidden,
+        "explanation_blocks": ["verdict", "text"] if r.text else list(params.text_ctr.explanation_blocks)})
     seed = seed + r.seed_offset
-    usable = np.flatnonzero(valid.donors >= 0)
-    known_valid = known_users(valid.frame)
+    if r.protocol == "holdout":
+        scores, info = holdout_recipe(r, id_model, valid, test, n_test, params, tp, seed)
+    else:
+        scores, info = bagged_recipe(r, id_model, valid, test, n_test, params, tp, seed, folds, test_known_share)
     labels_test = test.frame["label"].to_numpy()[:n_test].astype(int)
     p_id_test = test.frame["p_id"].to_numpy()[:n_test]
-    out: dict = {"recipe": r.__dict__, "variants": {}}
-    scores = {}
-    for v in VARIANTS:
-        vdata, dims = inputs(valid, v, blocks, r.known)
-        tdata, _ = inputs(test, v, blocks, r.known)
-        tdata = rows(tdata, np.arange(n_test))
-        if r.protocol == "holdout":
-            tr, va = holdout_rows(valid.frame[usable.tolist()], tp.holdout, seed)
-            tr, va = usable[tr], usable[va]
-            if r.reweight:
-                tr = resample_to_share(tr, known_valid, test_known_share, seed)
-            model, fit = train_text_ctr(copy.deepcopy(id_model), dims, rows(vdata, tr), rows(vdata, va), tp, seed,
-                                        desc=f"{r.name} ({v})")
-            scores[v] = aug_probability(model, tdata)
-            out["variants"][v] = {"best_epoch": fit.best_epoch, "valid_gain": fit.best_valid_auc - fit.curve[0]["valid_auc"]}
-        else:
-            fold = slate_folds(valid.frame[usable.tolist()], folds, seed)
-            oof = np.zeros(len(usable))
-            test_logits = []
-            epochs = []
-            for f in range(folds):
-                tr, va = usable[fold != f], usable[fold == f]
-                if r.reweight:
-                    tr = resample_to_share(tr, known_valid, test_known_share, seed + f)
-                model, fit = train_text_ctr(copy.deepcopy(id_model), dims, rows(vdata, tr), rows(vdata, va), tp,
-                                            seed + f, desc=f"{r.name} ({v}, fold {f})")
-                oof[fold == f] = aug_probability(model, rows(vdata, va))
-                test_logits.append(logit(aug_probability(model, tdata)))
-                epochs.append(fit.best_epoch)
-            scores[v] = 1 / (1 + np.exp(-np.mean(test_logits, axis=0)))
-            y_valid = valid.frame["label"].to_numpy()[usable].astype(int)
-            p_id_valid = id_probability(id_model, rows(vdata, usable))
-            gain = paired_auc_difference(y_valid, oof, p_id_valid, seed=params.seed, n_boot=params.evaluation.bootstrap)
-            out["variants"][v] = {"best_epochs": epochs, "valid_gain": gain["diff"],
-                                  "valid_gain_ci": [gain["ci_low"], gain["ci_high"]]}
+    out: dict = {"recipe": r.__dict__, "variants": info}
     for v, p in scores.items():
         auc = auc_with_ci(labels_test, p, seed=params.seed, n_boot=params.evaluation.bootstrap)
         d = paired_auc_difference(labels_test, p, p_id_test, seed=params.seed, n_boot=params.evaluation.bootstrap)
-        out["variants"][v].update({"test_auc": auc["auc"], "test_minus_id": d["diff"],
-                                   "test_minus_id_ci": [d["ci_low"], d["ci_high"]]})
+        info[v].update({"test_auc": auc["auc"], "test_minus_id": d["diff"], "test_minus_id_ci": [d["ci_low"], d["ci_high"]]})
     for other in ("facts", "shuffled"):
         d = paired_auc_difference(labels_test, scores["explanation"], scores[other], seed=params.seed,
                                   n_boot=params.evaluation.bootstrap)
@@ -231,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params(paths.root / "params.yaml")
     fmap = FeatureMap.load(paths.ctr_models / "feature_map.json")
     id_model = load_id_model(paths.ctr_models / f"{params.ctr.model}.pt", fmap)
-    chosen = recipes(args.folds, args.seeds)
+    chosen = recipes(args.seeds)
     if args.recipes:
         unknown = sorted(set(args.recipes) - set(chosen))
         if unknown:
@@ -243,10 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         if r.text not in loaded:
             loaded[r.text] = load_round(paths, params, args.round, r.text)
         valid, test, n_test = loaded[r.text]
-        test_known = float(known_users(test.frame[:n_test]).mean())
         started = time.perf_counter()
         results[name] = run_recipe(r, id_model, valid, test, n_test, params, params.seed + args.round + args.seed_offset, args.folds,
-                                   test_known)
+                                   float(known_users(test.frame[:n_test]).mean()))
         results[name]["seconds"] = round(time.perf_counter() - started, 1)
         v = results[name]["variants"]
         print(f"{name:22s} valid gain (a) {v['explanation']['valid_gain']:+.4f}  test (a)-ID "
@@ -260,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed_offset": args.seed_offset,
         "valid_pairs": int((valid.donors >= 0).sum()),
         "test_pairs": n_test,
-        "known_user_share": {"valid": float(known_users(valid.frame[: valid.frame.height]).mean()),
+        "known_user_share": {"valid": float(known_users(valid.frame).mean()),
                              "test": float(known_users(test.frame[:n_test]).mean())},
         "id_test_auc": auc_with_ci(test.frame["label"].to_numpy()[:n_test].astype(int),
                                    test.frame["p_id"].to_numpy()[:n_test], seed=params.seed,

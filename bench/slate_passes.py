@@ -32,6 +32,8 @@ from pathlib import Path
 
 import opening_bench  # bench/, on the path when run as a file
 
+from expctr.io import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -95,10 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.micro_only:
         res = {"command": "bench/slate_passes.py --micro-only", "output_projection_ms": head_micro()}
-        out = args.out or ROOT / "bench" / "results" / "output_projection.json"
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(res, indent=2) + "\n")
-        tmp.replace(out)
+        write_json(args.out or ROOT / "bench" / "results" / "output_projection.json", res)
         print(json.dumps(res, indent=2))
         return 0
     if args.out is None:
@@ -161,10 +160,7 @@ def main(argv: list[str] | None = None) -> int:
            "mean_outside_explainer_s": round(statistics.mean(q["outside_explainer_s"] for q in per_request), 3),
            "slates_with_a_retry": sum(q["regenerated"] > 0 for q in per_request),
            "per_request": per_request}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(res, indent=2) + "\n")
-    tmp.replace(args.out)
+    write_json(args.out, res)
     print(json.dumps({k: v for k, v in res.items() if k != "per_request"}, indent=2))
     return 0
 
