@@ -67,7 +67,7 @@ TINY_LLM = {
     "pairs.train": 12, "pairs.valid": 12, "pairs.test": 8,
     "rl.verdict_prompts": 8, "rl.ic_verdict_prompts": 8, "rl.verdict_batch_size": 4,
     "rl.lc_steps": 1, "rl.ic_steps": 1, "rl.prompts_per_step": 2, "rl.num_generations": 2,
-    "rl.max_completion_length": 12, "text_ctr.max_epochs": 2, "rounds": 2,
+    "rl.max_completion_length": 12, "text_ctr.max_epochs": 2, "text_ctr.folds": 2, "rounds": 2,
     "evaluation.round_test_pairs": 6, "evaluation.bootstrap": 50,
     "ctr.compare": ["popularity", "din"], "ctr.max_epochs": 1,
 }

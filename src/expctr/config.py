@@ -136,10 +136,12 @@ class RLParams(_Strict):
 
 class TextCTRParams(_Strict):
     """ExpCTR-Aug: the frozen ID model plus a residual head over the pair's input blocks (expctr.ctr.aug_inputs),
-    trained on the valid-period pairs (`pairs.valid`), early-stopped on a held-out part of them."""
+    trained on the valid-period pairs (`pairs.valid`): K slate folds, one head per fold early-stopped on it, the
+    heads' residuals averaged (`folds` 1: one head early-stopped on a `holdout` share of the slates)."""
 
     explanation_blocks: list[Literal["verdict", "text", "hidden"]] = Field(default_factory=lambda: ["verdict"])
-    holdout: float = Field(default=0.25, gt=0, lt=0.9)  # share of the slates held out for early stopping
+    folds: int = Field(default=5, ge=1)  # K >= 2: K heads, one per slate fold (early-stopped on it), averaged
+    holdout: float = Field(default=0.25, gt=0, lt=0.9)  # folds 1: share of the slates held out for early stopping
     proj_dim: int = Field(default=8, ge=1)  # wide blocks (text, hidden) are projected to this many dims
     hidden: list[int] = Field(default_factory=lambda: [16])
     dropout: float = Field(default=0.0, ge=0, lt=1)

@@ -15,6 +15,7 @@ from expctr.config import CTRParams, TextCTRParams
 from expctr.ctr.batch import CTRData
 from expctr.ctr.models import MODELS, build_model
 from expctr.ctr.text_augmented import (
+    BaggedTextCTR,
     TextAugmentedCTR,
     aug_probability,
     batch_from_columns,
@@ -115,6 +116,36 @@ def test_save_load_round_trip_and_probability(tmp_path):
     np.testing.assert_allclose(probs, predict(aug, data, batch_size=7), rtol=1e-6)
     with pytest.raises(ValueError, match="do not match"):
         with_text(data, np.zeros((3, E), dtype=np.float32))
+
+
+def _random_head(base, seed: int, mean: float = 0.0) -> TextAugmentedCTR:
+    torch.manual_seed(seed)
+    aug = TextAugmentedCTR(base, BLOCKS, proj_dim=3, hidden=[5], mean=[mean] * E, std=[1.0 + seed] * E)
+    torch.nn.init.normal_(aug.head[-1].weight)
+    torch.nn.init.normal_(aug.head[-1].bias)
+    return aug
+
+
+def test_bag_adds_the_mean_of_its_heads_residuals_and_round_trips(tmp_path):
+    """logit = f_id + mean_k g_k: the bag of three heads equals the mean of the heads' own logits (each is
+    f_id + g_k), its members share one base, and a saved bag loads back to the same probabilities."""
+    fmap, data = toy_fmap(), toy_data(30)
+    base = build_model("din", fmap, SMALL, seed=0).eval()
+    heads = [_random_head(copy.deepcopy(base), s, mean=0.1 * s) for s in range(3)]
+    batch = next(iter(data.batches(30)))
+    with torch.no_grad():
+        by_head = torch.stack([h.eval()(batch) for h in heads])
+        bag = BaggedTextCTR(heads).eval()
+        torch.testing.assert_close(bag(batch), by_head.mean(0))
+        assert not torch.allclose(by_head[0], by_head[1])  # the heads differ: the mean is not one of them
+    assert all(m.base is bag.base for m in bag.members)
+    assert bag.blocks == BLOCKS and bag.width == E and bag.base_name == "din"
+    save_text_ctr(tmp_path / "bag.pt", bag, SMALL, {"valid_auc": 0.5})
+    loaded = load_text_ctr(tmp_path / "bag.pt", fmap)
+    assert isinstance(loaded, BaggedTextCTR) and len(loaded.members) == 3 and loaded.config() == bag.config()
+    np.testing.assert_array_equal(aug_probability(loaded, data), aug_probability(bag, data))
+    with pytest.raises(ValueError, match="same input blocks"):
+        BaggedTextCTR([heads[0], TextAugmentedCTR(copy.deepcopy(base), [("facts", 2)])])
 
 
 @pytest.fixture(scope="module")

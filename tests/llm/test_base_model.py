@@ -81,3 +81,22 @@ def test_bfloat16_head_reads_a_contiguous_input_with_the_same_logits(base_model_
     assert seen == [True, False]  # the plain model shows the strided slice the hook fixes
     assert torch.equal(a, b)
     assert not load_model(base_model_dir, dtype="float32").get_output_embeddings()._forward_pre_hooks
+
+
+def test_one_row_slice_gets_canonical_strides():
+    """A one-row prefill's last position counts as contiguous to torch but keeps the prefill's stride; the
+    head's hook copies it to canonical strides (same values), and leaves a canonical input as it is."""
+    import torch
+
+    from expctr.llm.base_model import _contiguous_input, canonical_strides
+
+    hidden = torch.arange(1 * 7 * 4, dtype=torch.bfloat16).reshape(1, 7, 4)
+    last = hidden[:, -1:, :]
+    assert last.is_contiguous() and last.stride() == (28, 4, 1)  # what .contiguous() would keep
+    assert not canonical_strides(last)
+    (fixed,) = _contiguous_input(None, (last,))
+    assert fixed.stride() == (4, 4, 1) and torch.equal(fixed, last)
+    three = torch.zeros(3, 7, 4)[:, -1:, :]
+    assert not canonical_strides(three) and _contiguous_input(None, (three,))[0].stride() == (4, 4, 1)
+    ready = torch.zeros(3, 1, 4)
+    assert canonical_strides(ready) and _contiguous_input(None, (ready,))[0] is ready

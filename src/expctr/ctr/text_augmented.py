@@ -100,14 +100,76 @@ class TextAugmentedCTR(nn.Module):
             raise KeyError("ExpCTR-Aug needs batch['text'] (B, D): the pair's input blocks")
         if batch["text"].shape[1] != self.width:
             raise ValueError(f"ExpCTR-Aug expects {self.width} input columns {self.blocks}, got {batch['text'].shape[1]}")
-        u = (batch["text"].to(self.mean.dtype) - self.mean) / self.std
         f_id = self.base(batch)
+        return f_id + self.residual(batch["text"], f_id)
+
+    def residual(self, text: torch.Tensor, f_id: torch.Tensor) -> torch.Tensor:
+        """g([f_id ; n(u_1) ; P_2 n(u_2) ; ...]): what the head adds to the ID logit, (B,)."""
+        u = (text.to(self.mean.dtype) - self.mean) / self.std
         parts, start = [f_id[:, None].detach()], 0
         for name, w in self.blocks:
             block = u[:, start:start + w]
             parts.append(self.proj[name](block) if name in self.proj else block)
             start += w
-        return f_id + self.head(torch.cat(parts, dim=1)).squeeze(-1)
+        return self.head(torch.cat(parts, dim=1)).squeeze(-1)
+
+
+class BaggedTextCTR(nn.Module):
+    """K ExpCTR-Aug heads over one shared frozen ID model: logit = f_id + mean_k g_k(...).
+
+    Why: each head is trained on K-1 of K slate folds and early-stopped on its own fold, so every explained
+    valid-period pair both trains and validates, and averaging the K residuals removes most of the seed and
+    split noise of a single head (measured: `bench/aug_recipes.py`, one 25 % holdout gave Aug - ID from
+    -0.0007 to +0.0080 over five seeds). The members share the input blocks and their order; each keeps its
+    own standardisation (from its own training folds). `forward(batch)` reads batch["text"] like one head.
+    """
+
+    def __init__(self, members: Sequence[TextAugmentedCTR]):
+        super().__init__()
+        if not members:
+            raise ValueError("a bagged ExpCTR-Aug needs at least one member")
+        first = members[0]
+        if any(m.blocks != first.blocks for m in members):
+            raise ValueError("bagged ExpCTR-Aug members must read the same input blocks")
+        self.base = first.base
+        for m in members:
+            m.base = self.base  # one frozen ID model (the members' bases are copies of the same weights)
+        self.members = nn.ModuleList(members)
+        self.train(self.training)
+
+    @property
+    def blocks(self) -> list[tuple[str, int]]:
+        return self.members[0].blocks
+
+    @property
+    def base_name(self) -> str:
+        return self.members[0].base_name
+
+    @property
+    def width(self) -> int:
+        return self.members[0].width
+
+    def config(self) -> dict[str, Any]:
+        return {"members": [m.config() for m in self.members]}
+
+    def train(self, mode: bool = True) -> BaggedTextCTR:
+        super().train(mode)
+        self.base.eval()
+        return self
+
+    def id_logit(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.base(batch)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "text" not in batch:
+            raise KeyError("ExpCTR-Aug needs batch['text'] (B, D): the pair's input blocks")
+        if batch["text"].shape[1] != self.width:
+            raise ValueError(f"ExpCTR-Aug expects {self.width} input columns {self.blocks}, got {batch['text'].shape[1]}")
+        f_id = self.base(batch)
+        return f_id + torch.stack([m.residual(batch["text"], f_id) for m in self.members]).mean(0)
+
+
+AugModel = TextAugmentedCTR | BaggedTextCTR
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -150,7 +212,7 @@ def batch_from_columns(columns: Mapping[str, Sequence[Any]], device: str | torch
 
 
 @torch.no_grad()
-def aug_probability(model: TextAugmentedCTR, data: CTRData, batch_size: int = 4096) -> np.ndarray:
+def aug_probability(model: AugModel, data: CTRData, batch_size: int = 4096) -> np.ndarray:
     """P(click | ID features, input blocks) under ExpCTR-Aug, float64 (n,), in row order (`data.text` set)."""
     model.eval()
     dev = _device(model)
@@ -184,31 +246,48 @@ def train_text_ctr(base: nn.Module, blocks: Sequence[tuple[str, int]], train: CT
     return model.eval(), result
 
 
-def save_text_ctr(path: str | Path, model: TextAugmentedCTR, base_params: CTRParams,
+def _head_state(model: TextAugmentedCTR) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("base.")}
+
+
+def save_text_ctr(path: str | Path, model: AugModel, base_params: CTRParams,
                   fit_info: Mapping[str, Any] | None = None) -> None:
-    """Checkpoint (atomic): state dict, base model name and CTRParams, the Aug blocks and dims, fit info."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    """Checkpoint (atomic): the ID model's state once, each head's state (one, or a bag's K) with its blocks
+    and dims, the base model name and CTRParams, fit info."""
+    members = list(model.members) if isinstance(model, BaggedTextCTR) else [model]
     with atomic_path(path) as tmp:
         torch.save({"kind": CHECKPOINT_KIND, "base_name": model.base_name,
-                    "base_ctr_params": base_params.model_dump(), "config": model.config(),
-                    "state_dict": state, "fit": dict(fit_info or {})}, tmp)
+                    "base_ctr_params": base_params.model_dump(), "bagged": isinstance(model, BaggedTextCTR),
+                    "base_state": {k: v.detach().cpu() for k, v in model.base.state_dict().items()},
+                    "members": [{"config": m.config(), "state_dict": _head_state(m)} for m in members],
+                    "fit": dict(fit_info or {})}, tmp)
 
 
-def load_text_ctr(path: str | Path, fmap: FeatureMap, device: str = "cpu") -> TextAugmentedCTR:
-    """Rebuild a saved ExpCTR-Aug model (base + head) with the feature map it was trained with; eval mode."""
+def load_text_ctr(path: str | Path, fmap: FeatureMap, device: str = "cpu") -> AugModel:
+    """Rebuild a saved ExpCTR-Aug model (base + one head, or a bag of heads) with the feature map it was
+    trained with; eval mode."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if ckpt.get("kind") != CHECKPOINT_KIND:
         raise ValueError(f"{path}: not an ExpCTR-Aug checkpoint (kind={ckpt.get('kind')!r})")
+    if "members" not in ckpt:
+        raise ValueError(f"{path}: an ExpCTR-Aug checkpoint from before bagged heads: rerun its explainer round")
     base = build_model(ckpt["base_name"], fmap, CTRParams.model_validate(ckpt["base_ctr_params"]))
-    cfg = dict(ckpt["config"])
-    cfg["blocks"] = [tuple(b) for b in cfg["blocks"]]
-    model = TextAugmentedCTR(base, **cfg)
-    model.load_state_dict(ckpt["state_dict"])
+    base.load_state_dict(ckpt["base_state"])
+    members = []
+    for m in ckpt["members"]:
+        cfg = dict(m["config"])
+        cfg["blocks"] = [tuple(b) for b in cfg["blocks"]]
+        member = TextAugmentedCTR(base, **cfg)
+        member.load_state_dict({**{f"base.{k}": v for k, v in ckpt["base_state"].items()}, **m["state_dict"]})
+        members.append(member)
+    model = BaggedTextCTR(members) if ckpt.get("bagged") else members[0]
     return model.to(device).eval()
 
 
 __all__ = [
     "ID_COLUMNS",
+    "AugModel",
+    "BaggedTextCTR",
     "TextAugmentedCTR",
     "aug_probability",
     "batch_from_columns",

@@ -3,8 +3,10 @@
 The pairs come from the valid period (after the ID model's training period, before the test period) as slates
 of same-time pairs of one user (`expctr.data.pairs.sample_slates`): the ID model was not fit on them, and every
 pair has another pair of its user to take a shuffled explanation from. A seeded share of the slates
-(`text_ctr.holdout`) is held out for early stopping. The three variants (`expctr.ctr.aug_inputs.VARIANTS`)
-share the architecture, the recipe and the seed; only their inputs differ.
+(`text_ctr.holdout`) is held out for early stopping, or - with `text_ctr.folds` K >= 2, the default - the
+slates are split into K folds and K heads are trained, each early-stopped on its own fold, then averaged
+(`BaggedTextCTR`). The three variants (`expctr.ctr.aug_inputs.VARIANTS`) share the architecture, the recipe,
+the folds and the seed; only their inputs differ.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import polars as pl
 from expctr.config import Params
 from expctr.ctr.aug_inputs import VARIANTS, same_user_donors, variant_inputs
 from expctr.ctr.batch import CTRData
-from expctr.ctr.text_augmented import TextAugmentedCTR, aug_probability, train_text_ctr, with_text
-from expctr.ctr.trainer import FitResult
+from expctr.ctr.text_augmented import AugModel, BaggedTextCTR, aug_probability, train_text_ctr, with_text
+from expctr.ctr.trainer import FitResult, binary_metrics
 from expctr.errors import ExpCTRError
 from expctr.llm.encoder import embed
 
@@ -98,34 +100,86 @@ def holdout_rows(frame: pl.DataFrame, share: float, seed: int) -> tuple[np.ndarr
     return np.flatnonzero(~mask), np.flatnonzero(mask)
 
 
+def slate_folds(frame: pl.DataFrame, k: int, seed: int) -> np.ndarray:
+    """Fold index (0..k-1) per row: whole slates (user, timestamp) per fold, dealt round-robin in a seeded order,
+    so fold sizes differ by at most one slate."""
+    keys = [f"{u}|{t}" for u, t in zip(frame["user_id"].to_list(), frame["timestamp"].to_list())]
+    slates = sorted(set(keys))
+    if len(slates) < k:
+        raise ExpCTRError(f"ExpCTR-Aug: {len(slates)} slates cannot fill {k} folds (lower text_ctr.folds)")
+    order = np.random.default_rng(seed).permutation(len(slates))
+    fold_of = {slates[j]: i % k for i, j in enumerate(order)}
+    return np.array([fold_of[key] for key in keys], dtype=np.int64)
+
+
 @dataclass
 class TrainedVariant:
     variant: str
-    model: TextAugmentedCTR
-    fit: FitResult
+    model: AugModel
+    fits: list[FitResult]  # one per head (one, or one per fold)
     blocks: list[tuple[str, int]]
+    oof: dict[str, float] | None = None  # bagged: out-of-fold AUC of the heads and of the ID model, same pairs
+
+    @property
+    def fit(self) -> FitResult:
+        return self.fits[0]
+
+    @property
+    def best_epoch(self) -> int:
+        """The median best epoch over the heads (0: the heads stayed the ID model)."""
+        return int(np.median([f.best_epoch for f in self.fits]))
+
+    @property
+    def valid_auc(self) -> float:
+        """Out-of-fold AUC (bagged), else the held-out slates' AUC at the best epoch."""
+        return self.oof["auc"] if self.oof else self.fit.best_valid_auc
 
     def summary(self) -> dict[str, Any]:
-        return {"blocks": [list(b) for b in self.blocks], "best_epoch": self.fit.best_epoch,
-                "best_valid_auc": self.fit.best_valid_auc, "curve": self.fit.curve}
+        out = {"blocks": [list(b) for b in self.blocks], "best_epoch": self.best_epoch,
+               "best_valid_auc": self.valid_auc, "curve": self.fit.curve}
+        if len(self.fits) > 1:
+            out["curve_of"] = "fold 0"
+            out["folds"] = [{"best_epoch": f.best_epoch, "best_valid_auc": f.best_valid_auc} for f in self.fits]
+        if self.oof:
+            out["out_of_fold"] = dict(self.oof)
+        return out
 
 
 def train_variants(id_model, aug: AugInputs, params: Params, seed: int, variants: Sequence[str] = VARIANTS,
                    desc: str = "ExpCTR-Aug") -> dict[str, TrainedVariant]:
-    """Each variant trained with the same recipe and seed on the same train / held-out slates. Only rows that
-    have a donor are used (all of them, with slates of two or more pairs)."""
+    """Each variant trained with the same recipe and seed on the same slates: one head early-stopped on a
+    held-out share (`text_ctr.folds` 1), or K heads, one per slate fold, averaged. Only rows that have a donor
+    are used (all of them, with slates of two or more pairs)."""
     tp = params.text_ctr
     usable = np.flatnonzero(aug.donors >= 0)
     scored = aug.frame[usable.tolist()]
-    tr, va = holdout_rows(scored, tp.holdout, seed)
-    tr, va = usable[tr], usable[va]
+    if tp.folds >= 2:
+        fold = slate_folds(scored, tp.folds, seed)
+        splits = [(usable[fold != f], usable[fold == f]) for f in range(tp.folds)]
+    else:
+        tr, va = holdout_rows(scored, tp.holdout, seed)
+        splits = [(usable[tr], usable[va])]
+    labels = aug.frame["label"].to_numpy()
     out = {}
     for v in variants:
-        train, dims = aug.data(v, tp.explanation_blocks, tr)
-        valid, _ = aug.data(v, tp.explanation_blocks, va)
-        model, fit = train_text_ctr(copy.deepcopy(id_model), dims, train, valid, tp, seed, device=params.ctr.device,
-                                    desc=f"{desc} ({v})")
-        out[v] = TrainedVariant(v, model, fit, dims)
+        heads, fits, oof = [], [], np.zeros(len(aug.frame))
+        for f, (tr, va) in enumerate(splits):
+            train, dims = aug.data(v, tp.explanation_blocks, tr)
+            valid, _ = aug.data(v, tp.explanation_blocks, va)
+            fold_desc = f"{desc} ({v})" if len(splits) == 1 else f"{desc} ({v}, fold {f + 1}/{len(splits)})"
+            model, fit = train_text_ctr(copy.deepcopy(id_model), dims, train, valid, tp, seed + f,
+                                        device=params.ctr.device, desc=fold_desc)
+            oof[va] = aug_probability(model, valid)
+            heads.append(model)
+            fits.append(fit)
+        if len(heads) == 1:
+            out[v] = TrainedVariant(v, heads[0], fits, dims)
+            continue
+        p_id = aug.frame["p_id"].to_numpy() if "p_id" in aug.frame.columns else None
+        info = {"auc": binary_metrics(labels[usable], oof[usable])["auc"], "pairs": int(len(usable))}
+        if p_id is not None:
+            info["id_auc"] = binary_metrics(labels[usable], p_id[usable])["auc"]
+        out[v] = TrainedVariant(v, BaggedTextCTR(heads).eval(), fits, dims, info)
     return out
 
 
@@ -135,4 +189,5 @@ def score_variant(trained: TrainedVariant, aug: AugInputs, blocks: Sequence[str]
     return aug_probability(trained.model, data)
 
 
-__all__ = ["AugInputs", "TrainedVariant", "holdout_rows", "join_explanations", "score_variant", "train_variants"]
+__all__ = ["AugInputs", "TrainedVariant", "holdout_rows", "join_explanations", "score_variant", "slate_folds",
+           "train_variants"]

@@ -203,8 +203,8 @@ def run_round(params: Params, paths: ProjectPaths, k: int) -> dict[str, Any]:
             variants = ("explanation", "facts", "shuffled")
             trained = train_variants(id_model, aug_in, params, params.seed + k, variants, desc=f"round {k} ExpCTR-Aug")
             for v, t in trained.items():
-                save_text_ctr(out / AUG_FILES[v], t.model, params.ctr, {"best_epoch": t.fit.best_epoch,
-                                                                         "valid_auc": t.fit.best_valid_auc})
+                save_text_ctr(out / AUG_FILES[v], t.model, params.ctr, {"best_epoch": t.best_epoch,
+                                                                         "valid_auc": t.valid_auc})
         with timer.part("judge_s"):
             evaluation, test_frame = llm_metrics(test, test_expl, lc, params)
         with timer.part("aug_eval_s"):

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from expctr.ctr.batch import CTRData
-from expctr.ctr.text_augmented import TextAugmentedCTR, with_text
+from expctr.ctr.text_augmented import AugModel, with_text
 from expctr.ctr.trainer import predict
 from expctr.llm.prompts import FACT_NAMES
 from expctr.serving.explaining import Explained
@@ -35,19 +35,19 @@ def _block(name: str, e: Explained) -> list[float]:
                      "hidden states): package a model trained on facts, verdict and text")
 
 
-def aug_inputs(model: TextAugmentedCTR, explained: Sequence[Explained]) -> np.ndarray:
+def aug_inputs(model: AugModel, explained: Sequence[Explained]) -> np.ndarray:
     """(n, D) float32: what ExpCTR-Aug reads of each explained candidate besides its ID features."""
     return np.array([[x for name, _ in model.blocks for x in _block(name, e)] for e in explained], dtype=np.float32)
 
 
-def aug_probability(model: TextAugmentedCTR, rows: CTRData, explained: Sequence[Explained],
+def aug_probability(model: AugModel, rows: CTRData, explained: Sequence[Explained],
                     device: str = "cpu") -> np.ndarray:
     """P(click) of ExpCTR-Aug for each explained row; float64 (n,)."""
     data = with_text(rows, aug_inputs(model, explained))
     return predict(model, data, batch_size=len(data), device=device).astype(np.float64)
 
 
-def explained_scores(model: TextAugmentedCTR, rows: CTRData, p_id: np.ndarray, explained: Sequence[Explained],
+def explained_scores(model: AugModel, rows: CTRData, p_id: np.ndarray, explained: Sequence[Explained],
                      device: str = "cpu") -> tuple[np.ndarray, list[str]]:
     """The probability each explanation is returned with (ExpCTR-Aug's when it agrees with the verdict,
     else the ID model's `p_id`) and which model each came from."""
