@@ -84,14 +84,24 @@ class LLMParams(_Strict):
     max_new_tokens: int = Field(default=40, ge=4)
     gen_batch_size: int = Field(default=8, ge=1)
     judge_batch_size: int = Field(default=8, ge=1)
+    # how the explainer's turn is opened before its reason, in RL, the rounds' explanations and serving
+    # (expctr.llm.openings): verdict | anchored (verdict, title, a history item on the verdict's side)
+    reason_opening: Literal["verdict", "anchored"] = "anchored"
+    quote_free_reason: bool = True  # the reason is decoded without quotation marks (only real titles quoted)
 
 
 class PairsParams(_Strict):
     """Seeded sample sizes of (user, target) pairs the LLM stages work on, per split."""
 
     train: int = Field(default=1000, ge=2)  # the RL pool: each stage samples its prompts from it
+    # the RL pool drawn as slates of this many same-time pairs of one user (None: single pairs): a slate's
+    # prompts share their prefix, which the verdict step runs once per slate (forward and backward)
+    train_slate: int | None = Field(default=None, ge=2)
     valid: int = Field(default=2000, ge=4)  # ExpCTR-Aug's pairs: from the valid period, after the ID model's
     valid_slate: int = Field(default=2, ge=2)  # ... drawn as slates of this many same-time pairs of one user
+    # share of those slates from users the ID model knows: "test" = the test period's share (the population
+    # ExpCTR-Aug serves; user ids only, no labels), a number, or None for the valid period's own mix
+    valid_known_share: float | Literal["test"] | None = None
     test: int = Field(default=1000, ge=2)  # the final round is evaluated on all of them
     balance_train: bool = False  # True: half clicks, half non-clicks (the verdict mix then drifts from the data)
 

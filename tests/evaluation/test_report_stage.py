@@ -55,7 +55,7 @@ def round_metrics(k: int, n: int, last: bool) -> dict:
          "zero_shot_judge": _auc(0.6, n), "rules": {}, "explanations": {"share_one_sentence": 0.75},
          "verdicts": {"share_positive": 0.5, "vs_label": {**conf, "agreement": 1.0}, "vs_id_model": conf},
          "judge_by_grade": [{"grade": 0.8, "n": 2, "mean_p_yes": 0.92, "click_rate": 1.0},
-                            {"grade": 0.2, "n": 2, "mean_p_yes": 0.15, "click_rate": 0.0}],
+                            {"grade": 0.15, "n": 2, "mean_p_yes": 0.15, "click_rate": 0.0}],
          "seconds": 60.0}
     if k:
         aug = {"explanation": {**_auc(0.75, n), "minus_id": _diff(0.03, 0.01, 0.05, n)},
@@ -131,7 +131,7 @@ def build_project(root: Path, rounds: int = 2) -> Path:
         head = pairs.head(n)
         df = head.select("user_id", "item_id", "label", "p_id").with_columns(
             pl.Series("explanation", texts[:n]),
-            pl.Series("grade", [0.8, 0.2, 0.6, 0.4, 0.6, 0.2][:n]),
+            pl.Series("grade", [0.8, 0.15, 0.6, 0.4, 0.6, 0.15][:n]),
             pl.Series("verdict_logit", [2.0, -1.0, 1.0, 0.5, 3.0, -2.0][:n]),
             pl.Series("stance", [1, -1, 1, -1, 1, -1][:n], dtype=pl.Int8),
             pl.Series("n_tokens", [10] * n, dtype=pl.Int32),

@@ -13,6 +13,8 @@ import polars as pl
 from safetensors.torch import load_file
 from support import run_cli
 
+from expctr.llm.verdicts import VERDICT_GRADES
+
 
 def test_pairs_carry_the_rl_signals(tiny_rounds_project: Path):
     root = tiny_rounds_project
@@ -37,7 +39,7 @@ def test_pairs_carry_the_rl_signals(tiny_rounds_project: Path):
     assert donors.join(test, on=["user_id", "item_id"], how="semi").height == 0
     # every grade's reading was measured on the pool, in order for most pairs
     grades = m["judge_grades"]
-    assert len(grades["mean_p_yes"]) == 6 and min(grades["share_ordered_with_next"].values()) >= 0.5
+    assert len(grades["mean_p_yes"]) == len(VERDICT_GRADES) and min(grades["share_ordered_with_next"].values()) >= 0.5
 
 
 def test_round_zero_evaluates_the_base_explainer(tiny_rounds_project: Path):

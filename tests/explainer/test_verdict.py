@@ -21,9 +21,13 @@ from expctr.explainer.rewards.lc import LCReward
 from expctr.explainer.stage_rewards import verdict_rewards
 from expctr.explainer.verdict import (
     expected_reward,
+    prompt_units,
     quarter_means,
     score_verdicts,
     train_verdicts,
+    unit_batches,
+    verdict_logit,
+    verdict_logit_shared,
     verdict_target,
 )
 from expctr.llm.base_model import load_tokenizer
@@ -128,6 +132,53 @@ def test_one_verdict_pass_moves_the_verdict_toward_the_better_reward(base_model_
     assert all(torch.equal(p, base_before[n]) for n, p in policy.named_parameters() if "lora_" not in n)
     lora_layers = {int(n.split("layers.")[1].split(".")[0]) for n, _ in policy.named_parameters() if "lora_" in n}
     assert lora_layers == set(range(26, model.config.num_hidden_layers))
+
+
+def test_slates_are_batched_whole():
+    units = prompt_units(7, ["a", "a", "b", "c", "c", "c", "d"])
+    assert units == [[0, 1], [2], [3, 4, 5], [6]]
+    assert unit_batches(units, [2, 0, 1, 3], 4) == [[[3, 4, 5]], [[0, 1], [2], [6]]]
+    # one-prompt units: the plain batches of `batch_size` prompts in the shuffled order
+    assert unit_batches(prompt_units(5, None), [4, 2, 0, 1, 3], 2) == [[[4], [2]], [[0], [1]], [[3]]]
+    with pytest.raises(ValueError, match="labels"):
+        prompt_units(3, ["a"])
+
+
+def test_shared_prefix_verdict_logit_and_gradients_equal_each_prompt_run_alone(base_model_dir, tokenizer):
+    """A slate's shared prefix runs once, yet every prompt's z and the LoRA gradients are those of running each
+    prompt whole (float32, no dropout)."""
+    from expctr.llm.base_model import load_model
+
+    torch.manual_seed(0)
+    model = load_model(base_model_dir, threads=TEST_THREADS)
+    policy = attach_adapter(model, RLParams(lora_layers_from=26, lora_dropout=0.0))
+    for n, p in policy.named_parameters():  # a non-zero B, so both LoRA factors get gradients
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.02)
+    other = [{"title": "Fargo", "year": 1996, "genres": ["Crime"], "liked": True}]
+    frame = pl.concat([pairs_frame([1, 0, 1], [0.5] * 3, [0.9] * 3, [0.2] * 3),
+                       pairs_frame([1], [0.5], [0.9], [0.2]).with_columns(pl.Series("history", [other]))])
+    data = build_prompt_dataset(frame, tokenizer, 120, EXPLANATION_PREFIX)
+    ids, groups = prompt_token_ids(data, tokenizer), data["prefix_group"]
+    assert len(set(groups)) == 2  # three prompts of one history, one of another
+    tokens = verdict_token_ids(tokenizer)
+
+    def run(shared: bool):
+        policy.zero_grad()
+        if shared:
+            z = verdict_logit_shared(policy, ids, groups, tokens, tokenizer.pad_token_id)
+        else:
+            batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt", padding=True)
+            z = verdict_logit(policy, batch["input_ids"], batch["attention_mask"], tokens)
+        (z * torch.tensor([1.0, -2.0, 0.5, 3.0])).sum().backward()
+        return z.detach(), {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+
+    z_plain, g_plain = run(False)
+    z_shared, g_shared = run(True)
+    assert torch.allclose(z_shared, z_plain, atol=1e-3), (z_shared, z_plain)
+    assert g_plain.keys() == g_shared.keys() and g_plain
+    for n in g_plain:
+        assert torch.allclose(g_shared[n], g_plain[n], rtol=1e-3, atol=1e-5), n
 
 
 def test_quarter_means():

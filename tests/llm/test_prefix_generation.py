@@ -118,3 +118,22 @@ def test_opened_generation_reads_the_prompt_then_continues_the_chosen_opening(ll
         # the opening's positions and every generated token but the last (whose state is never needed)
         want = h[len(ids):len(ids) + len(forced) + len(new) - 1].mean(0)
         assert torch.allclose(torch.tensor(res.hidden[i]), want, atol=2e-3)
+
+
+def test_banned_tokens_are_never_decoded_but_the_opening_may_hold_them(llm):
+    """A quote-free reason: no quotation mark after the opening, even where the unconstrained greedy text
+    quotes a title; the forced opening keeps its own quotes; the other rows' texts are what they would be."""
+    from expctr.llm.openings import quote_token_ids
+
+    model, tok = llm
+    prompts = [p + ' enjoy "Jumanji" because, like' for p in prompts_for(tok, HISTORY)[:1]] + \
+        ["Write the title of a famous movie in double quotes:"]
+    banned = quote_token_ids(tok)
+    free = generate_shared_prefix(model, tok, prompts, groups=[0, 1], max_new_tokens=12)
+    assert any('"' in t for t in free.raw_texts), free.raw_texts  # left alone, it quotes
+    quiet = generate_shared_prefix(model, tok, prompts, groups=[0, 1], max_new_tokens=12, banned_token_ids=banned)
+    assert not any(q in t for t in quiet.raw_texts for q in ('"', "\u201c", "\u201d", "`")), quiet.raw_texts
+    vt = verdict_token_ids(tok)
+    opened = generate_opened(model, tok, prompts_for(tok, HISTORY)[:2], lambda i, _: ' enjoy "Jumanji" because,',
+                             [vt.positive, vt.negative], max_new_tokens=12, banned_token_ids=banned)
+    assert opened.openings[0].count('"') == 2 and '"' not in "".join(opened.generation.raw_texts)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from expctr.llm.explanations import stance
 from expctr.llm.prompts import (
     READOUT_AFTER_EXPLANATION,
     READOUT_ZERO_SHOT,
@@ -124,12 +125,13 @@ def test_fitted_history_drops_oldest_first_and_ignores_the_target(tokenizer):
 def test_graded_verdicts():
     """The grade follows the confidence, the side follows pi >= 0.5, and each opening names the target."""
     assert [g.min_p for g in VERDICT_GRADES] == sorted((g.min_p for g in VERDICT_GRADES), reverse=True)
-    assert grade_of(0.93).words == "surely enjoy" and grade_of(0.8).words == "surely enjoy"
-    assert grade_of(0.55) == VERDICT_GRADES[2] and grade_of(0.05).words == "almost certainly not enjoy"
+    assert grade_of(0.93).words == "definitely enjoy" and grade_of(0.8).words == "surely enjoy"
+    assert grade_of(0.57) == VERDICT_GRADES[3] and grade_of(0.05).words == "almost certainly not enjoy"
     assert all(grade_of(p).positive == (p >= 0.5) for p in (0.0, 0.2, 0.49, 0.5, 0.51, 0.99))
+    assert all(stance(verdict_sentence(g.min_p, TARGET)) == (1 if g.positive else -1) for g in VERDICT_GRADES)
     assert verdict_prefix(True) == "The user will probably enjoy"
     assert verdict_prefix(False) == "The user will likely not enjoy"
-    assert verdict_opening(0.45, TARGET) == ('The user will probably not enjoy "The Lion King", though it could '
+    assert verdict_opening(0.42, TARGET) == ('The user will probably not enjoy "The Lion King", though it could '
                                              "go either way")
     assert verdict_sentence(False, TARGET) == 'The user will likely not enjoy "The Lion King".'
     assert all(verdict_opening(g.min_p, TARGET).startswith(EXPLANATION_PREFIX + " ") for g in VERDICT_GRADES)

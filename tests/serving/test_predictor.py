@@ -64,9 +64,10 @@ def test_served_prompts_are_the_prompts_the_explainer_was_trained_on(model_pair,
     where both read the verdict logit), continued with the served opening (the verdict worded by the score,
     the title, the anchor chosen from that history)."""
     from expctr.explainer.dataset import build_prompt_dataset, prompt_token_ids
+    from expctr.llm.openings import opening_for
     from expctr.llm.prompts import as_item, fitted_history
     from expctr.llm.verdicts import EXPLANATION_PREFIX
-    from expctr.serving.prompt import reason_anchor, served_opening, served_prompt
+    from expctr.serving.prompt import served_prompt
 
     p = model_pair
     p.load_explainer()
@@ -85,8 +86,7 @@ def test_served_prompts_are_the_prompts_the_explainer_was_trained_on(model_pair,
         served_history = p.explainer.history_items(user.history) if user else []
         for score in (0.9, 0.55, 0.3):
             trained = fitted_history(tok, r["history"], budget)
-            anchor = reason_anchor([as_item(h) for h in trained], target, score >= 0.5)
-            opening = served_opening(score, target, anchor)
+            opening, anchor = opening_for(score, [as_item(h) for h in trained], target)  # as the rounds open it
             assert served_prompt(tok, served_history, target, score, budget) == (
                 want, [as_item(h) for h in trained], opening, anchor)
             reception = "viewers so far." if target.viewers else "Nobody has rated it yet."

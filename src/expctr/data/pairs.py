@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from expctr.data.features import HIST_CLICK_PAD, HIST_CLICK_YES
+from expctr.data.features import HIST_CLICK_PAD, HIST_CLICK_YES, OOV
 
 ITEM_FIELDS = ("title", "year", "genres")
 
@@ -31,26 +31,51 @@ def sample_pairs(frame: pl.DataFrame, n: int, seed: int, balance: bool = False) 
     )
 
 
-def sample_slates(frame: pl.DataFrame, n: int, slate: int, seed: int) -> pl.DataFrame:
+def sample_slates(frame: pl.DataFrame, n: int, slate: int, seed: int, known_share: float | None = None
+                  ) -> pl.DataFrame:
     """About `n` rows drawn as slates: groups of `slate` rows of one user with the same timestamp (rated
     together, so they share their history). Groups with at least `slate` rows are drawn with probability
     proportional to their size, and `slate` rows uniformly within each, so every row of such a group is equally
     likely to be drawn. Why slates: each pair then has another pair of its user (the shuffled-explanation
-    control needs one), and a slate's prompts share everything before the target line (one prefill)."""
+    control needs one), and a slate's prompts share everything before the target line (one prefill, in
+    generation, judging and the RL verdict step alike).
+
+    `known_share`: the share of slates drawn from users the ID model knows (`user_idx` not OOV), each part
+    drawn as above; None draws from all groups alike (the period's own mix)."""
     if slate < 2:
         raise ValueError(f"a slate needs at least 2 pairs, got {slate}")
     keyed = frame.with_row_index("_row")
-    groups = (keyed.group_by("user_id", "timestamp", maintain_order=True).agg(pl.col("_row"))
+    known_flag = [(pl.col("user_idx").first() != OOV).alias("_known")] if known_share is not None else []
+    groups = (keyed.group_by("user_id", "timestamp", maintain_order=True)
+              .agg(pl.col("_row"), *known_flag)
               .filter(pl.col("_row").list.len() >= slate))
     if groups.height == 0:
         raise ValueError(f"no user has {slate} pairs with the same timestamp to draw slates from")
     rng = np.random.default_rng(seed)
-    sizes = groups["_row"].list.len().to_numpy().astype(float)
     k = min(groups.height, max(1, n // slate))
-    picked = rng.choice(groups.height, size=k, replace=False, p=sizes / sizes.sum())
+    if known_share is None:
+        parts = [(np.arange(groups.height), k)]
+    else:
+        if not 0.0 <= known_share <= 1.0:
+            raise ValueError(f"known_share must be in [0, 1], got {known_share}")
+        known = groups["_known"].to_numpy()
+        idx_known, idx_new = np.flatnonzero(known), np.flatnonzero(~known)
+        k_known = min(len(idx_known), round(k * known_share))
+        parts = [(idx_known, k_known), (idx_new, min(len(idx_new), k - k_known))]
+    sizes = groups["_row"].list.len().to_numpy().astype(float)
+    picked = []
+    for idx, m in parts:
+        if m > 0:
+            picked += rng.choice(idx, size=m, replace=False, p=sizes[idx] / sizes[idx].sum()).tolist()
     rows = groups["_row"].to_list()
     chosen = [r for g in picked for r in rng.choice(rows[g], size=slate, replace=False).tolist()]
     return keyed[chosen].drop("_row")
+
+
+def known_user_share(frame: pl.DataFrame) -> float:
+    """Share of `frame`'s rows whose user the ID model knows (`user_idx` not OOV): e.g. the test period's, the
+    population ExpCTR-Aug then serves."""
+    return float((frame["user_idx"] != OOV).mean()) if frame.height else 0.0
 
 
 def donor_pairs(pairs: pl.DataFrame, split: pl.DataFrame, seed: int) -> pl.DataFrame:

@@ -176,7 +176,7 @@ def train_variants(id_model, aug: AugInputs, params: Params, seed: int, variants
             out[v] = TrainedVariant(v, heads[0], fits, dims)
             continue
         p_id = aug.frame["p_id"].to_numpy() if "p_id" in aug.frame.columns else None
-        info = {"auc": binary_metrics(labels[usable], oof[usable])["auc"], "pairs": int(len(usable))}
+        info = {"auc": binary_metrics(labels[usable], oof[usable])["auc"], "pairs": len(usable)}
         if p_id is not None:
             info["id_auc"] = binary_metrics(labels[usable], p_id[usable])["auc"]
         out[v] = TrainedVariant(v, BaggedTextCTR(heads).eval(), fits, dims, info)

@@ -39,7 +39,7 @@ def llm_metrics(test: pl.DataFrame, explained: pl.DataFrame, lc: LCReward, param
     Beside the whole explanation the judge also reads its verdict clause alone (the graded opening as a
     sentence, in the same pass: both share the pair's context), which shows how much of ExpCTR-LLM's signal is
     the stated verdict and how much the reason adds or takes away."""
-    texts, clauses = explained["explanation"].to_list(), [f"{o}." for o in explained["opening"].to_list()]
+    texts, clauses = explained["explanation"].to_list(), explained["clause"].to_list()
     history, target = explained["history"].to_list(), explained["target"].to_list()
     both = lc.p_yes([t for pair in zip(texts, clauses) for t in pair], [h for h in history for _ in (0, 1)],
                     [t for t in target for _ in (0, 1)])
@@ -48,7 +48,7 @@ def llm_metrics(test: pl.DataFrame, explained: pl.DataFrame, lc: LCReward, param
     p_id = test["p_id"].to_numpy()
     stances = explained["stance"].to_numpy().astype(int)
     facts = [c for c in explained.columns if c.startswith("fact_")]
-    frame = explained.select("user_id", "item_id", "label", "p_id", "explanation", "opening", "grade",
+    frame = explained.select("user_id", "item_id", "label", "p_id", "explanation", "opening", "anchor", "grade",
                              "verdict_logit", "stance", "n_tokens", "complete", *facts).with_columns(
         pl.Series("p_yes_judge", p_judge), pl.Series("p_yes_verdict_clause", p_clause))
     by_grade = (frame.group_by("grade").agg(pl.len().alias("n"), pl.col("p_yes_judge").mean().alias("mean_p_yes"),

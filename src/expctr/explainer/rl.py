@@ -2,8 +2,10 @@
 
 The verdict step (`expctr.explainer.verdict`) fits the policy's verdict at the end of each prompt to the exact
 rewards of both verdicts; the GRPO step (`expctr.explainer.grpo`) trains the reason that follows the verdict,
-each prompt opened with the verdict the policy now holds, worded by its confidence
-(`expctr.llm.verdicts.verdict_opening`), so a group's completions share it and GRPO's advantages rank reasons.
+each prompt opened with the verdict the policy now holds, worded by its confidence, and (`llm.reason_opening:
+anchored`) a history item on its side (`expctr.llm.openings`: the opening the rounds and the service write),
+so a group's completions share it and GRPO's advantages rank reasons; with `llm.quote_free_reason` the
+completions are sampled without quotation marks, as they are decoded everywhere else.
 The base weights are never written; each stage saves only the adapter.
 """
 
@@ -25,7 +27,9 @@ from expctr.explainer.lora import attach_adapter, check_only_lora_trainable
 from expctr.io import atomic_path
 from expctr.llm.adapters import save_adapter
 from expctr.llm.base_model import inference_dtype, load_model, load_tokenizer, set_threads
-from expctr.llm.verdicts import EXPLANATION_PREFIX, verdict_opening, verdict_token_ids
+from expctr.llm.openings import opening_for, quote_token_ids
+from expctr.llm.prompts import as_item
+from expctr.llm.verdicts import EXPLANATION_PREFIX, verdict_token_ids
 
 
 def run_rl_stage(
@@ -48,10 +52,11 @@ def run_rl_stage(
     several processes run it: `expctr.explainer.rl_launch`):
 
     1. verdict step (`expctr.explainer.verdict.train_verdicts`): one pass over `verdict_dataset` (prompts opened
-       with EXPLANATION_PREFIX) with the exact rewards `verdict_rewards = (r+, r-)` of its two verdicts;
+       with EXPLANATION_PREFIX) with the exact rewards `verdict_rewards = (r+, r-)` of its two verdicts; prompts
+       of one `prefix_group` (a slate of the pool) run their shared prefix once;
     2. reason step: `reason_steps` GRPO steps (TRL) on `reason_pairs`, each prompt opened with the verdict the
-       policy holds after step 1, worded by its confidence (`verdict_opening(sigmoid(z))`: what the explainer
-       ships), so the group's completions share it and GRPO's advantages rank the reasons; `reward` is the
+       policy holds after step 1, worded by its confidence and anchored (`opening_for(sigmoid(z), ...)`: what
+       the explainer ships), so the group's completions share it and GRPO's advantages rank the reasons; `reward` is the
        stage's reward callable.
     Either step may be skipped (no verdict data / reason_steps=0), not both. `init_adapter_dir`: continue that
     adapter (a later stage / round); otherwise a fresh LoRA adapter from `rl`. Returns `{"summary", "verdict_steps",
@@ -83,7 +88,7 @@ def run_rl_stage(
         verdict_logs = train_verdicts(policy, tokenizer, prompt_token_ids(verdict_dataset, tokenizer),
                                       verdict_rewards[0], verdict_rewards[1], learning_rate=rl.verdict_lr,
                                       batch_size=rl.verdict_batch_size, temperature=rl.verdict_temperature,
-                                      seed=seed, autocast=autocast)
+                                      seed=seed, autocast=autocast, groups=verdict_dataset["prefix_group"])
         summary["verdict"] = {"prompts": len(verdict_dataset), "steps": len(verdict_logs), "bf16_autocast": autocast,
                               "seconds": round(time.perf_counter() - t0, 3)}
     grpo_logs: list[dict[str, Any]] = []
@@ -92,10 +97,13 @@ def run_rl_stage(
         z = score_verdicts(policy, tokenizer, prompt_token_ids(opened, tokenizer), verdict_token_ids(tokenizer),
                            batch_size=llm.gen_batch_size)
         pi = 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
-        openings = [verdict_opening(float(p), t) for p, t in zip(pi, opened["target"])]
+        openings = [opening_for(float(p), [as_item(h) for h in hist], as_item(t), llm.reason_opening)[0]
+                    for p, hist, t in zip(pi, opened["history"], opened["target"])]
         dataset = build_prompt_dataset(reason_pairs, tokenizer, llm.max_prompt_tokens, openings)
+        banned = {"generation_kwargs": {"suppress_tokens": quote_token_ids(tokenizer)}} \
+            if llm.quote_free_reason else {}
         policy, grpo_logs, grpo_summary = train_policy(policy, tokenizer, dataset, [reward], None, rl, llm,
-                                                       reason_steps, seed, micro_batch=micro_batch)
+                                                       reason_steps, seed, micro_batch=micro_batch, **banned)
         summary["reason"] = {**grpo_summary, "positive_verdicts": float(np.mean(pi >= 0.5))}
     summary["seconds"] = round(time.perf_counter() - started, 3)
     from expctr.distributed import is_main_process

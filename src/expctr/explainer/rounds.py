@@ -58,8 +58,8 @@ from expctr.paths import ProjectPaths
 ADAPTER = "adapter"  # the round's final (IC-stage) adapter
 ADAPTER_LC = "adapter_lc"
 AUG_FILES = {"explanation": "text_ctr.pt", "facts": "text_ctr_facts.pt", "shuffled": "text_ctr_shuffled.pt"}
-EXPLANATION_COLUMNS = ("user_id", "item_id", "label", "explanation", "opening", "grade", "verdict_logit", "stance",
-                       "n_tokens", "complete")
+EXPLANATION_COLUMNS = ("user_id", "item_id", "label", "explanation", "opening", "anchor", "grade", "verdict_logit",
+                       "stance", "n_tokens", "complete")
 
 
 def adapter_of_round(paths: ProjectPaths, k: int) -> Path | None:
@@ -72,9 +72,17 @@ def round_test_pairs(params: Params, k: int) -> int:
     return params.pairs.test if k == params.rounds else min(params.pairs.test, params.evaluation.round_test_pairs)
 
 
-def stage_sample(pool: pl.DataFrame, n: int, seed: int) -> pl.DataFrame:
-    """n distinct pool pairs (seeded; all of them, shuffled, when the pool is smaller)."""
-    return pool.sample(min(n, pool.height), seed=seed, shuffle=True)
+def stage_sample(pool: pl.DataFrame, n: int, seed: int, slate: int | None = None) -> pl.DataFrame:
+    """n distinct pool pairs (seeded; all of them, shuffled, when the pool is smaller). With `slate` (a pool
+    drawn as slates, `pairs.train_slate`) whole slates are drawn, n // slate of them (at least one), each kept
+    together, so its prompts still share their prefix."""
+    if not slate:
+        return pool.sample(min(n, pool.height), seed=seed, shuffle=True)
+    keyed = pool.with_row_index("_row")
+    slates = keyed.group_by("user_id", "timestamp", maintain_order=True).agg(pl.col("_row"))
+    k = min(slates.height, max(1, n // slate))
+    picked = slates.sample(k, seed=seed, shuffle=True)["_row"].to_list()
+    return keyed[[r for rows in picked for r in rows]].drop("_row")
 
 
 def _relative(paths: ProjectPaths, p: Path) -> str:
@@ -115,7 +123,7 @@ def _rl_stages(params: Params, paths: ProjectPaths, k: int, out: Path, tokenizer
         """(verdict prompts, their (r+, r-), GRPO reason pairs). The verdict rewards leave the format part out:
         it judges the reason, and the bare verdict sentences have none (it would only shift both)."""
         n = rl.verdict_prompts if stage == "lc" or rl.ic_verdict_prompts is None else rl.ic_verdict_prompts
-        frame = stage_sample(pool, n, seed + offset)
+        frame = stage_sample(pool, n, seed + offset, params.pairs.train_slate)
         if drop_label:  # the IC reward needs no label: prove it by training without one
             frame = frame.drop("label")
         data = build_prompt_dataset(frame, tokenizer, params.llm.max_prompt_tokens, EXPLANATION_PREFIX) \

@@ -72,7 +72,8 @@ def explanation_of(completion: Any, prefix: str | None = None) -> str:
 # --- stance ------------------------------------------------------------------------------------------------
 
 _VERB = r"(?:enjoy|like|love|appreciate|be\s+(?:interested|drawn|a\s+fan|into))"
-_ADV = r"(?:(?:probably|likely|most\s+likely|very\s+likely|definitely|almost\s+certainly|certainly|surely|really|also|still|much)\s+)*"
+_ADV = (r"(?:(?:probably|likely|most\s+likely|very\s+likely|definitely|almost\s+certainly|certainly|surely|really|"
+        r"also|still|much|somewhat|mildly|maybe|perhaps)\s+)*")
 _NEG_PATTERNS = (
     rf"\b(?:will|would|does|do|did|could|can|may|might|should|is\s+going\s+to)\s+{_ADV}not\s+{_ADV}{_VERB}\b",
     rf"\b(?:won't|wouldn't|doesn't|don't|can't|cannot|shouldn't|isn't\s+going\s+to)\s+{_ADV}{_VERB}\b",

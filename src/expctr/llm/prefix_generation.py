@@ -113,23 +113,26 @@ class OpenedResult:
 def generate_shared_prefix(model, tokenizer, prompts: Sequence[str | Sequence[int]], *, groups: Sequence[Hashable] | None = None,
                            max_new_tokens: int | Sequence[int] = 48, do_sample: bool = False,
                            temperature: float = 1.0, seed: int = 0, seeds: Sequence[int] | None = None,
-                           min_prefix: int = 8) -> GenerationResult:
+                           min_prefix: int = 8, banned_token_ids: Sequence[int] | None = None) -> GenerationResult:
     """The first sentence per prompt (greedy unless `do_sample`), all prompts in one batch. A prompt is
     rendered text (tokenised without adding special tokens) or its token ids.
 
     `groups` labels prompts whose common beginning should be prefilled once (default: all one group).
     `max_new_tokens` may differ per prompt. Sampling draws each row from its own generator seeded with
     `seeds[i]` (default `seed + i`), so a row's text does not depend on what it was batched with.
+    `banned_token_ids` are never generated (e.g. `expctr.llm.openings.quote_token_ids`: a quote-free reason).
     """
     return _generate(model, tokenizer, prompts, groups=groups, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                     temperature=temperature, seed=seed, seeds=seeds, min_prefix=min_prefix)[0]
+                     temperature=temperature, seed=seed, seeds=seeds, min_prefix=min_prefix,
+                     banned_token_ids=banned_token_ids)[0]
 
 
 def generate_opened(model, tokenizer, prompts: Sequence[str | Sequence[int]],
                     opening: Callable[[int, list[float]], str] | None,
                     first_token_ids: Sequence[int], *, groups: Sequence[Hashable] | None = None,
                     max_new_tokens: int | Sequence[int] = 48, pool_hidden: bool = False, batch_size: int = 32,
-                    min_prefix: int = 8, progress: bool = False, desc: str = "explain") -> OpenedResult:
+                    min_prefix: int = 8, progress: bool = False, desc: str = "explain",
+                    banned_token_ids: Sequence[int] | None = None) -> OpenedResult:
     """Greedy first sentences, each row continued from an opening chosen after reading the prompt.
 
     For every prompt: prefill it (shared prefixes once per group), read the logits of `first_token_ids` at its
@@ -137,7 +140,8 @@ def generate_opened(model, tokenizer, prompts: Sequence[str | Sequence[int]],
     phrase worded by the explainer's own confidence, or the verdict a score chose), feed that text, and decode
     until the sentence ends. One prefill serves both the reading and the generation. Rows are processed in
     batches of about `batch_size`, a group never split; results come back in input order. With
-    `opening=None` and `max_new_tokens=0` it only reads (no text is written).
+    `opening=None` and `max_new_tokens=0` it only reads (no text is written). `banned_token_ids` are never
+    decoded after the opening (the opening itself is given text and may hold them).
     """
     import numpy as np
 
@@ -164,7 +168,7 @@ def generate_opened(model, tokenizer, prompts: Sequence[str | Sequence[int]],
                                max_new_tokens=[caps[i] for i in rows], min_prefix=min_prefix,
                                first_token_ids=list(first_token_ids),
                                opening=None if opening is None else (lambda r, logits, rows=rows: opening(rows[r], logits)),
-                               pool_hidden=pool_hidden)
+                               pool_hidden=pool_hidden, banned_token_ids=banned_token_ids)
         for r, i in enumerate(rows):
             texts[i], raw[i], counts[i], complete[i] = (res.texts[r], res.raw_texts[r], res.n_new_tokens[r],
                                                         res.complete[r])
@@ -179,7 +183,8 @@ def generate_opened(model, tokenizer, prompts: Sequence[str | Sequence[int]],
 
 def _generate(model, tokenizer, prompts, *, groups, max_new_tokens, do_sample: bool = False, temperature: float = 1.0,
               seed: int = 0, seeds=None, min_prefix: int = 8, first_token_ids: Sequence[int] | None = None,
-              opening: Callable[[int, list[float]], str] | None = None, pool_hidden: bool = False):
+              opening: Callable[[int, list[float]], str] | None = None, pool_hidden: bool = False,
+              banned_token_ids: Sequence[int] | None = None):
     """One batch: prefill (shared prefixes once), optionally read first-token logits and feed an opening, decode."""
     import torch
     from transformers import DynamicCache
@@ -275,9 +280,12 @@ def _generate(model, tokenizer, prompts, *, groups, max_new_tokens, do_sample: b
 
         # 3. decode; a row leaves the batch once it has ended a sentence, emitted eos, or hit its cap
         gens = [torch.Generator(device=dev).manual_seed(int(s)) for s in row_seeds] if do_sample else []
+        banned = torch.tensor(sorted(set(banned_token_ids)), device=dev) if banned_token_ids else None
         new_tokens: list[list[int]] = [[] for _ in range(n)]
         ended = [False] * n
         while True:
+            if banned is not None:
+                logits = logits.index_fill(-1, banned, float("-inf"))
             if do_sample:
                 probs = torch.softmax(logits.float() / max(temperature, 1e-5), dim=-1)
                 picked = [int(torch.multinomial(probs[r], 1, generator=gens[i]).item()) for r, i in enumerate(active)]

@@ -40,19 +40,30 @@ class Grade:
 
 
 # Highest first. Positive grades state "enjoy", negative ones "not enjoy"; 0.5 is the side boundary, so the
-# stated side always agrees with pi >= 0.5. The frozen judge's mean P(Yes) after each (40 RL-pool pairs, the
-# bare sentence): 0.925, 0.902, 0.545, ~0.3, 0.143, 0.109; llm_pairs re-measures them on the pool.
+# stated side always agrees with pi >= 0.5. Chosen from 28 candidate wordings by the frozen judge's readings of
+# the bare sentence on 300 valid-period pairs (bench/verdict_ladder.py, bench/results/verdict_ladder.json):
+# mean P(Yes) after each, highest first, 0.930, 0.920, 0.896, 0.831, 0.525 | 0.282, 0.220, 0.173, 0.138, 0.107,
+# and pair by pair each reads above the next on 96-100 % of the pairs ("somewhat enjoy", 0.875, read in order
+# there too, was left out: on the hand-written pairs of tests/llm/test_judge.py it reads level with "probably"). Why so many: the judge reads every
+# plain "will <adverb> enjoy" as ~0.9 and every "will <adverb> not enjoy" as ~0.1-0.2, and how it reads the
+# same words varies from pair to pair in a way that does not follow clicks (each wording alone ranks the pairs
+# at AUC 0.44-0.53), so only wordings it reads apart carry the confidence; the hedges and the mild adverbs are
+# the ones it reads between the two sides. llm_pairs re-measures the ladder on the RL pool (`judge_grades`).
 _EITHER_WAY = ", though it could go either way"
 VERDICT_GRADES: tuple[Grade, ...] = (
+    Grade(0.9, "definitely enjoy"),
     Grade(0.8, "surely enjoy"),
-    Grade(0.6, "probably enjoy"),
+    Grade(0.65, "probably enjoy"),
+    Grade(0.55, "mildly enjoy"),
     Grade(0.5, "probably enjoy", _EITHER_WAY),
+    Grade(0.45, "probably not enjoy", ", but it is a close call"),
     Grade(0.4, "probably not enjoy", _EITHER_WAY),
-    Grade(0.2, "likely not enjoy"),
+    Grade(0.3, "maybe not enjoy"),
+    Grade(0.15, "likely not enjoy"),
     Grade(0.0, "almost certainly not enjoy"),
 )
 # The plain wording of each side (a bool verdict, the dense verdict step's two sentences).
-PLAIN_POSITIVE, PLAIN_NEGATIVE = VERDICT_GRADES[1], VERDICT_GRADES[4]
+PLAIN_POSITIVE, PLAIN_NEGATIVE = VERDICT_GRADES[2], VERDICT_GRADES[8]
 
 
 def grade_of(p: float | bool, grades: tuple[Grade, ...] = VERDICT_GRADES) -> Grade:

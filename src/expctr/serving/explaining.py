@@ -25,6 +25,7 @@ from expctr.config import LLMParams, ServingParams
 from expctr.evaluation.faithfulness import TitleIndex
 from expctr.llm.adapters import load_explainer
 from expctr.llm.base_model import cpu_has_native_bf16
+from expctr.llm.openings import quote_token_ids
 from expctr.llm.prefix_generation import generate_opened, generate_shared_prefix
 from expctr.llm.prompts import Item, fitted_history, prompt_facts
 from expctr.llm.verdicts import grade_of, verdict_prefix, verdict_token_ids
@@ -111,6 +112,11 @@ class Explainer:
                                                    local_files_only=True).eval()
 
     @property
+    def banned_ids(self) -> list[int] | None:
+        """Tokens the reason is decoded without: quotation marks when the pair was trained quote-free."""
+        return quote_token_ids(self.model[1]) if self.manifest["llm"].get("quote_free_reason") else None
+
+    @property
     def loaded(self) -> bool:
         return self.model is not None and self.encoder is not None
 
@@ -132,7 +138,8 @@ class Explainer:
         model, tok = self.model
         res = generate_shared_prefix(model, tok, prompts, groups=groups,
                                      max_new_tokens=caps or [self.limits.max_new_tokens] * len(prompts),
-                                     do_sample=sample, temperature=RETRY_TEMPERATURE, seeds=seeds)
+                                     do_sample=sample, temperature=RETRY_TEMPERATURE, seeds=seeds,
+                                     banned_token_ids=self.banned_ids)
         return [finished_text(raw, opening, done) for raw, opening, done in zip(res.raw_texts, openings, res.complete)]
 
     def _first_try(self, served: list, groups: list) -> tuple[list[str], list[float]]:
@@ -141,7 +148,7 @@ class Explainer:
         vt = verdict_token_ids(tok)
         first = generate_opened(model, tok, [s.ids for s in served], lambda i, _: served[i].continuation,
                                 [vt.positive, vt.negative], groups=groups, max_new_tokens=self.limits.max_new_tokens,
-                                batch_size=len(served))
+                                batch_size=len(served), banned_token_ids=self.banned_ids)
         texts = [finished_text(raw, s.opening, done)
                  for raw, s, done in zip(first.generation.raw_texts, served, first.generation.complete)]
         return texts, [float(lg[0] - lg[1]) for lg in first.first_logits]

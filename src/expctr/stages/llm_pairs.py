@@ -7,6 +7,9 @@ user with a single test pair: where the shuffled-explanation control takes its e
 carries its history and target rendered as items (with the target's reception so far, `target_stats`, when
 `llm.target_stats`) and `p_id`, the ID model's click probability.
 
+The RL pool is drawn as slates of same-time pairs of one user with `pairs.train_slate` (the verdict step runs
+a slate's shared prefix once), ExpCTR-Aug's pairs with the test period's share of users the ID model knows
+(`pairs.valid_known_share`).
 On the RL pool, the frozen judge's P(Yes) after each plain verdict sentence (`expctr.llm.verdicts`): the dense
 verdict step's rewards (`judge_p_yes_pos` / `judge_p_yes_neg`, read once here since the judge is frozen); on the
 first GRADE_CHECK_PAIRS pool pairs, its reading of every graded verdict: whether the judge reads the grades in
@@ -26,7 +29,14 @@ from expctr.ctr.batch import CTRData
 from expctr.ctr.checkpoint import load_id_model
 from expctr.ctr.trainer import binary_metrics, predict
 from expctr.data.features import FeatureMap
-from expctr.data.pairs import attach_items, donor_pairs, sample_pairs, sample_slates, target_stats
+from expctr.data.pairs import (
+    attach_items,
+    donor_pairs,
+    known_user_share,
+    sample_pairs,
+    sample_slates,
+    target_stats,
+)
 from expctr.explainer.baselines import genre_overlap, share_liked
 from expctr.io import atomic_path, write_json
 from expctr.llm.base_model import load_model, load_tokenizer, reading_params
@@ -57,9 +67,12 @@ def grade_sentences(pairs: pl.DataFrame) -> list[list[str]]:
 def sample_all(params: Params, frames: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
     p, seed = params.pairs, params.seed
     test = sample_pairs(frames["test"], p.test, seed + 2)
+    known = known_user_share(frames["test"]) if p.valid_known_share == "test" else p.valid_known_share
+    train = sample_slates(frames["train"], p.train, p.train_slate, seed) if p.train_slate \
+        else sample_pairs(frames["train"], p.train, seed, balance=p.balance_train)
     return {
-        "train": sample_pairs(frames["train"], p.train, seed, balance=p.balance_train),
-        "valid": sample_slates(frames["valid"], p.valid, p.valid_slate, seed + 1),
+        "train": train,
+        "valid": sample_slates(frames["valid"], p.valid, p.valid_slate, seed + 1, known_share=known),
         "test": test,
         "donors": donor_pairs(test, frames["test"], seed + 3),
     }
@@ -124,6 +137,8 @@ def run(params: Params, paths: ProjectPaths) -> dict:
         "pairs": {s: df.height for s, df in pairs.items()},
         "users": {s: df["user_id"].n_unique() for s, df in pairs.items()},
         "label_rate": {s: float(df["label"].mean()) for s, df in pairs.items() if df.height},
+        # share of pairs from users the ID model knows (ExpCTR-Aug's valid pairs are drawn at the test period's)
+        "known_user_share": {s: known_user_share(df) for s, df in pairs.items() if df.height},
         "test_zero_shot_judge": binary_metrics(labels, p_yes),
         "test_id_model": binary_metrics(labels, pairs["test"]["p_id"].to_numpy()),
         "valid_id_model": binary_metrics(pairs["valid"]["label"].to_numpy(), pairs["valid"]["p_id"].to_numpy()),
