@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-PATH_OPTIONS = ("--tmp", "--out", "--scratch", "--features")  # machine-local paths: never in a versioned result
+PATH_OPTIONS = ("--tmp", "--out", "--scratch", "--features", "--project")  # machine-local paths: never in a versioned result
 
 
 def recorded_command(script: str, argv: list[str]) -> str:

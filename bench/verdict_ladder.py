@@ -101,9 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=400, help="valid-period pairs read (first n)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/verdict_ladder.json")
+    ap.add_argument("--project", type=Path, default=ROOT, help="the project whose artifacts are read")
     args = ap.parse_args(argv)
-    params = load_params(ROOT / "params.yaml")
-    paths = ProjectPaths(ROOT)
+    params = load_params(ROOT / "params.yaml")  # this checkout's settings (the judge it reads with)
+    paths = ProjectPaths(args.project)
     llm = reading_params(params.llm)
     torch.set_num_threads(llm.threads)
     model = load_model(paths.base_llm, llm.dtype, llm.device, llm.threads)
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     texts = [[sentence(w, h, t) for w, h in CANDIDATES] for t in pairs["target"]]
     t0 = time.perf_counter()
     read = np.array(judge_p_yes_grouped(model, tokenizer, judge_groups(pairs, tokenizer, params.llm.max_prompt_tokens,
-                                                                        texts),
+                                                                        texts, params.llm.judge_reads_history),
                                         batch_size=params.llm.judge_batch_size, progress=True))
     seconds = time.perf_counter() - t0
     readings = {n: read[:, j] for j, n in enumerate(names)}
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "command": recorded_command("verdict_ladder.py", sys.argv[1:] if argv is None else argv),
         "pairs": len(labels), "click_rate": float(labels.mean()), "judge_seconds": round(seconds, 1),
+        "judge_reads_history": params.llm.judge_reads_history,
         "p_id_auc": auc_with_ci(labels, p, seed=params.seed, n_boot=200)["auc"],
         "wordings": {n: {"mean_p_yes": round(float(means[j]), 4),
                          "auc_alone": auc_with_ci(labels, read[:, j], seed=params.seed, n_boot=50)["auc"]}

@@ -88,6 +88,9 @@ class LLMParams(_Strict):
     # (expctr.llm.openings): verdict | anchored (verdict, title, a history item on the verdict's side)
     reason_opening: Literal["verdict", "anchored"] = "anchored"
     quote_free_reason: bool = True  # the reason is decoded without quotation marks (only real titles quoted)
+    # the judge that reads an explanation (ExpCTR-LLM, LC/IC rewards) sees the user's liked / disliked titles;
+    # false: only its question, the target line and the explanation (the zero-shot judge always sees them)
+    judge_reads_history: bool = True
 
 
 class PairsParams(_Strict):
@@ -149,7 +152,7 @@ class TextCTRParams(_Strict):
     trained on the valid-period pairs (`pairs.valid`): K slate folds, one head per fold early-stopped on it, the
     heads' residuals averaged (`folds` 1: one head early-stopped on a `holdout` share of the slates)."""
 
-    explanation_blocks: list[Literal["verdict", "text", "hidden"]] = Field(default_factory=lambda: ["verdict"])
+    explanation_blocks: list[Literal["verdict", "text", "hidden", "state"]] = Field(default_factory=lambda: ["verdict"])
     folds: int = Field(default=5, ge=1)  # K >= 2: K heads, one per slate fold (early-stopped on it), averaged
     holdout: float = Field(default=0.25, gt=0, lt=0.9)  # folds 1: share of the slates held out for early stopping
     proj_dim: int = Field(default=8, ge=1)  # wide blocks (text, hidden) are projected to this many dims

@@ -142,7 +142,9 @@ def build_project(root: Path, rounds: int = 2) -> Path:
             aug = P_AUG[2][:n] if k == rounds else P_AUG[1][:n]
             df = df.with_columns(pl.Series("p_aug_explanation", aug), pl.Series("p_aug_facts", P_ID[:n]))
             if k == rounds:
-                df = df.with_columns(pl.Series("p_aug_shuffled", [0.5] * n))
+                # the first explanation is all opening (its anchor was given): no reason of the explainer's own
+                df = df.with_columns(pl.Series("p_aug_shuffled", [0.5] * n),
+                                     pl.Series("opening", [texts[0]] + [""] * (n - 1)))
         (root / "data" / "explanations" / f"round_{k}").mkdir(parents=True)
         df.write_parquet(root / "data" / "explanations" / f"round_{k}" / "test.parquet")
         if k:
@@ -206,6 +208,8 @@ def test_stage_numbers_escaping_and_determinism(tmp_path: Path):
     assert r1["faithfulness"] == 0.5  # Die Hard (pair 2) and the injected title (pair 4) are unseen
     assert r2["faithfulness"] == pytest.approx(4 / 6)
     assert r2["top_explanation_share"] == pytest.approx(2 / 6) and r1["test_pairs"] == 4
+    assert r1["reason_grounded"] == r1["grounded"] > 0  # no opening recorded: the whole text is the reason
+    assert r2["reason_grounded"] == pytest.approx(r2["grounded"] - 1 / 6)  # pair 1's anchor is not credited
     assert r2["aug_minus_id"] == 0.03 and r2["aug_minus_id_ci_low"] == 0.01 and r2["llm_minus_id"] == 0.1
     assert r2["aug_best_epoch"] == 2 and r2["positive_share"] == 0.5 and r2["agree_id"] == 0.5
     assert metrics["stage_seconds"]["ctr_model"] == 30.0 and metrics["stage_seconds"]["explainer_round_2"] == 60.0

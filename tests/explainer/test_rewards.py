@@ -71,6 +71,14 @@ def test_lc_reward_is_the_judges_log_probability_of_the_true_label():
     assert scorer.seen[0] == judge_messages(HISTORY, TARGET, POS)
 
 
+def test_lc_judge_without_the_history_reads_the_same_explanation_after_the_target_line_alone():
+    scorer = TableScorer({readout(POS): 0.8})
+    got = LCReward(scorer, kind="prob", reads_history=False)(prompts=["p"], completions=[POS], **lc_kwargs([1]))
+    assert got == pytest.approx([0.8])
+    assert scorer.seen[0] == judge_messages(HISTORY, TARGET, POS, show_history=False)
+    assert "Liked:" not in scorer.seen[0][1]["content"] and "Target:" in scorer.seen[0][1]["content"]
+
+
 def test_lc_prob_kind_clipping_and_first_sentence_only():
     scorer = TableScorer({readout(POS): 0.8, readout(NEG): 1.0})
     prob = LCReward(scorer, kind="prob")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from expctr.llm.judge import judge_p_yes, judge_p_yes_grouped, yes_no_token_ids
 from expctr.llm.prompts import Item, judge_messages
@@ -112,3 +113,23 @@ def test_grouped_judge_equals_the_plain_judge(model, tokenizer):
     grouped = np.concatenate(judge_p_yes_grouped(model, tokenizer, groups, batch_size=3))
     assert grouped.shape == plain.shape
     np.testing.assert_allclose(grouped, plain, atol=1e-4)
+
+
+def test_nested_groups_equal_the_plain_judge(model, tokenizer):
+    """Groups nested in outer groups (a user's slate: one history, several targets, several sentences each) read
+    exactly what each prompt alone reads; a one-group tree and a one-prompt group included."""
+    from expctr.llm.judge import judge_p_yes_grouped
+
+    other = HISTORY[:2]
+    groups, outer = [], []
+    for k, t in enumerate(TARGETS[:6]):
+        history, user = (HISTORY, "u1") if k < 4 else (other, f"u{k}")
+        sentences = [None, f"The user will probably enjoy {t.title}.", f"The user will likely not enjoy {t.title}."]
+        groups.append([judge_messages(history, t, x) for x in sentences[: 1 + k % 3]])
+        outer.append(user)
+    flat = [m for g in groups for m in g]
+    plain = judge_p_yes(model, tokenizer, flat, batch_size=4)
+    nested = np.concatenate(judge_p_yes_grouped(model, tokenizer, groups, batch_size=2, outer=outer))
+    np.testing.assert_allclose(nested, plain, atol=1e-4)
+    with pytest.raises(ValueError, match="outer labels"):
+        judge_p_yes_grouped(model, tokenizer, groups, outer=outer[:2])

@@ -8,6 +8,7 @@ import pytest
 
 from expctr.llm.explanations import stance
 from expctr.llm.prompts import (
+    JUDGE_QUESTION,
     READOUT_AFTER_EXPLANATION,
     READOUT_ZERO_SHOT,
     Item,
@@ -147,6 +148,12 @@ def test_explainer_asks_for_a_verdict_and_a_reason_and_judge_ends_with_readout()
     assert msgs[-1]["content"] == expl + ". " + READOUT_AFTER_EXPLANATION
     zero = judge_messages(HISTORY, TARGET, None)
     assert zero[-1] == {"role": "assistant", "content": READOUT_ZERO_SHOT}
+    # without the history lines: the question, then the target line exactly as it stands after the history
+    bare = judge_messages(HISTORY, TARGET, expl, show_history=False)
+    full = _user_text(msgs[:2])
+    assert "Liked:" not in _user_text(bare[:2]) and "Disliked:" not in _user_text(bare[:2])
+    assert _user_text(bare[:2]) == JUDGE_QUESTION + "\n" + full[full.index("Target:"):]
+    assert "shares genres with" in _user_text(bare[:2]) and bare[-1] == msgs[-1]
 
 
 def test_history_items_need_a_label():

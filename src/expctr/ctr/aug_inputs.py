@@ -6,7 +6,9 @@ Blocks (columns of an explained-pairs frame, `expctr.explainer.explain`):
 - `verdict`: the explainer's verdict logit z at the end of the prompt (its confidence, which the graded
   opening states in words);
 - `text`: the explanation's sentence embedding (all-MiniLM-L6-v2, normalised, 384-d);
-- `hidden`: the explainer's mean last-layer state over the explanation it wrote.
+- `hidden`: the explainer's mean last-layer state over the explanation it wrote;
+- `state`: the explainer's last-layer state where its verdict is read (the end of the prompt): what it made of
+  the user and the target before any word is written, of which z is one projection.
 
 Variants (`VARIANTS`), the same architecture and recipe each:
 - `explanation`: facts + the explanation blocks of the pair itself (ExpCTR-Aug);
@@ -26,7 +28,7 @@ import polars as pl
 
 from expctr.llm.prompts import FACT_NAMES
 
-EXPLANATION_BLOCKS = ("verdict", "text", "hidden")
+EXPLANATION_BLOCKS = ("verdict", "text", "hidden", "state")
 VARIANTS = ("explanation", "facts", "shuffled")
 
 
@@ -51,6 +53,10 @@ def block_matrix(frame: pl.DataFrame, block: str, embeddings: np.ndarray | None 
         if "hidden" not in frame.columns:
             raise KeyError("the explained pairs carry no `hidden` column (explain with pool_hidden)")
         return np.asarray(frame["hidden"].to_list(), dtype=np.float32)
+    if block == "state":
+        if "state" not in frame.columns:
+            raise KeyError("the explained pairs carry no `state` column (explain with read_states)")
+        return np.asarray(frame["state"].to_list(), dtype=np.float32)
     raise ValueError(f"unknown Aug input block {block!r}; choose from facts, {', '.join(EXPLANATION_BLOCKS)}")
 
 

@@ -54,6 +54,7 @@ ROUND_COLUMNS: list[tuple[str, str, str]] = [  # key, header, format: each round
     ("agree_id", "verdict = ID model", "3f"),
     ("faithfulness", "faithful", "3f"),
     ("grounded", "grounded", "3f"),
+    ("reason_grounded", "reason grounded (beyond the opening)", "3f"),
     ("outside_title_share", "quotes a title outside", "3f"),
     ("share_one_sentence", "one sentence", "3f"),
     ("top_explanation_share", "most common text", "3f"),

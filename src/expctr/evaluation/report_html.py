@@ -236,7 +236,9 @@ they are quoted, followed by their year or written with a capital; single-word o
 only when quoted or followed by their year; genre names and one-letter titles never count. Invented titles that
 are not in the catalogue cannot be recognised here.</li>
 <li><b>grounded</b>: share whose reason names an item of the user's history or a genre the target shares with
-the liked or disliked items (<code>expctr.evaluation.grounding</code>); <b>quotes a title outside</b>: share
+the liked or disliked items (<code>expctr.evaluation.grounding</code>), the anchor of an anchored opening
+included; <b>reason grounded (beyond the opening)</b>: the same test on what the explainer wrote after the opening it
+was given (the graded verdict and the anchor item); <b>quotes a title outside</b>: share
 quoting a span that is neither a history item nor the target (invented titles, prompt text quoted as a title).</li>
 <li><b>positive verdicts</b>: share of explanations whose graded verdict is on the "enjoy" side; <b>verdict =
 click</b> / <b>verdict = ID model</b>: share of pairs whose stated side equals the click / the ID model's

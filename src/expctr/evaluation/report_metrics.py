@@ -26,8 +26,8 @@ CSV_COLUMNS = [
     "explanation_minus_facts_ci_low", "explanation_minus_facts_ci_high", "id_auc", "aug_best_epoch",
     "shared_pairs", "shared_llm_auc", "shared_aug_auc", "shared_aug_facts_auc", "shared_id_auc",
     "shared_aug_minus_id", "shared_aug_minus_id_ci_low", "shared_aug_minus_id_ci_high",
-    "positive_share", "agree_label", "agree_id", "faithfulness", "grounded", "outside_title_share",
-    "share_one_sentence", "distinct_2", "mean_words", "seconds",
+    "positive_share", "agree_label", "agree_id", "faithfulness", "grounded", "reason_grounded",
+    "outside_title_share", "share_one_sentence", "distinct_2", "mean_words", "seconds",
 ]
 _INT_COLUMNS = ("round", "test_pairs", "aug_best_epoch", "shared_pairs")
 
@@ -98,6 +98,7 @@ def headline(ev: Evaluation) -> dict[str, Any]:
         "final_explanation_minus_facts": c((ev.ablation.get("explanation_minus_facts") or {}).get("diff")),
         "final_positive_share": c(last.get("positive_share")), "final_agree_id": c(last.get("agree_id")),
         "final_faithfulness": c(last.get("faithfulness")), "final_grounded": c(last.get("grounded")),
+        "final_reason_grounded": c(last.get("reason_grounded")),
         "final_outside_title_share": c(last.get("outside_title_share")),
         "pipeline_minutes": c(round(total / 60, 2)) if total else None,
         "targets_met": sum(1 for t in ev.targets if t["met"] is True),

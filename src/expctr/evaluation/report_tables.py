@@ -97,6 +97,10 @@ def round_row(rd: Round, pairs: pl.DataFrame, index: TitleIndex) -> dict[str, An
     texts = [str(t or "") for t in test["explanation"].to_list()]
     histories, targets = head["history"].to_list(), head["target"].to_list()
     unseen = [unseen_mentions(index, t, h, g) for t, h, g in zip(texts, histories, targets)]
+    # the reason the explainer wrote itself: the text after the opening it was given (the graded verdict and,
+    # anchored, a history item the pipeline chose), so grounding is not credited for the anchor
+    openings = test["opening"].to_list() if "opening" in test.columns else [""] * len(texts)
+    free = [t[len(o):] if o and t.startswith(o) else t for t, o in zip(texts, (str(o or "") for o in openings))]
     outside = [bool(quoted_outside(t, h, g)) for t, h, g in zip(texts, histories, targets)]
     n = max(1, len(texts))
     top_text, top_n = min(Counter(texts).items(), key=lambda kv: (-kv[1], kv[0])) if texts else ("", 0)
@@ -120,6 +124,7 @@ def round_row(rd: Round, pairs: pl.DataFrame, index: TitleIndex) -> dict[str, An
         "confusion_label": _get(m, "verdicts", "vs_label"), "confusion_id": _get(m, "verdicts", "vs_id_model"),
         "faithfulness": 1 - sum(bool(u) for u in unseen) / n if texts else math.nan,
         "grounded": grounded_rate(texts, histories, targets) if texts else math.nan,
+        "reason_grounded": grounded_rate(free, histories, targets) if texts else math.nan,
         "outside_title_share": sum(outside) / n if texts else math.nan,
         "share_one_sentence": _get(m, "explanations", "share_one_sentence"),
         "top_explanation_share": top_n / n if texts else math.nan, "top_explanation": top_text,

@@ -59,8 +59,7 @@ def join_explanations(pairs: pl.DataFrame, explained: pl.DataFrame, encoder, blo
     if pairs.height != explained.height:
         raise ExpCTRError(f"{explained.height} explanations for {pairs.height} pairs")
     extra = ["explanation", "verdict_logit", "grade", "stance", *[c for c in explained.columns if c.startswith("fact_")]]
-    if "hidden" in explained.columns:
-        extra.append("hidden")
+    extra += [c for c in ("hidden", "state") if c in explained.columns]
     frame = pairs.drop([c for c in extra if c in pairs.columns]).with_columns(explained.select(extra))
     n = frame.height
     donors = same_user_donors(frame["user_id"].to_list(), seed)

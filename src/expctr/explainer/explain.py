@@ -36,7 +36,7 @@ def _sigmoid(z: float) -> float:
 
 
 def explain_pairs(model, tokenizer, pairs: pl.DataFrame, params: Params, desc: str = "explain",
-                  pool_hidden: bool = False, write: bool = True) -> pl.DataFrame:
+                  pool_hidden: bool = False, write: bool = True, read_states: bool = False) -> pl.DataFrame:
     """One explanation per pair (in row order) with its verdict logit, grade, facts and context. With
     `write=False` only the verdict is read (one prefill, no decoding): `explanation` is then its bare graded
     verdict sentence, which is all a reader that takes the verdict logit needs."""
@@ -57,7 +57,7 @@ def explain_pairs(model, tokenizer, pairs: pl.DataFrame, params: Params, desc: s
                           max_new_tokens=params.llm.max_new_tokens if write else 0,
                           pool_hidden=pool_hidden and write, batch_size=params.llm.gen_batch_size, progress=True,
                           desc=desc, banned_token_ids=quote_token_ids(tokenizer) if params.llm.quote_free_reason
-                          else None)
+                          else None, read_states=read_states)
     z = [a - b for a, b in res.first_logits]
     if write:
         prefixes = [EXPLANATION_PREFIX + o for o in res.openings]
@@ -81,6 +81,9 @@ def explain_pairs(model, tokenizer, pairs: pl.DataFrame, params: Params, desc: s
         pl.Series("target", dataset["target"]),
         *[pl.Series(c, [float(f[n]) for f in facts], dtype=pl.Float64) for c, n in zip(fact_columns(), FACT_NAMES)],
     ])
+    if res.states is not None:
+        frame = frame.with_columns(pl.Series("state", np.asarray(res.states, dtype=np.float32).tolist(),
+                                             dtype=pl.List(pl.Float32)))
     if res.hidden is not None:
         frame = frame.with_columns(pl.Series("hidden", np.asarray(res.hidden, dtype=np.float32).tolist(),
                                              dtype=pl.List(pl.Float32)))

@@ -132,7 +132,9 @@ def _rl_stages(params: Params, paths: ProjectPaths, k: int, out: Path, tokenizer
         if drop_label:
             reason = reason.drop("label")
         verdict_reward = stage_reward(stage, params.reward.model_copy(update={"format_weight": 0.0}), **parts)
-        return data, (verdict_rewards(verdict_reward, judge, data) if data is not None else None), reason
+        rewards = verdict_rewards(verdict_reward, judge, data, params.llm.judge_reads_history) \
+            if data is not None else None
+        return data, rewards, reason
 
     def run(stage: str, reward, adapter: Path, stage_seed: int, stage_inputs, steps: int, init: Path | None):
         data, rewards, reason = stage_inputs
@@ -192,18 +194,21 @@ def run_round(params: Params, paths: ProjectPaths, k: int) -> dict[str, Any]:
     last = k == params.rounds
     donors = pl.read_parquet(paths.llm_pairs / "donors.parquet") if last else None
     blocks = params.text_ctr.explanation_blocks
-    pool_hidden = "hidden" in blocks
+    pool_hidden, states = "hidden" in blocks, "state" in blocks
     with atomic_path(paths.round_dir(k)) as out:
         out.mkdir()
         runs = _rl_stages(params, paths, k, out, tokenizer, judge, lc, id_model, init_adapter, timer)
         explainer, _ = load_explainer(paths.base_llm, out / ADAPTER, llm)
         with timer.part("explain_aug_s"):
             aug_expl = explain_pairs(explainer, tokenizer, aug_pairs, params, f"round {k} explain valid", pool_hidden,
-                                     write=bool({"text", "hidden"} & set(blocks)))
+                                     write=bool({"text", "hidden"} & set(blocks)), read_states=states)
         with timer.part("explain_test_s"):
-            test_expl = explain_pairs(explainer, tokenizer, test, params, f"round {k} explain test", pool_hidden)
+            test_expl = explain_pairs(explainer, tokenizer, test, params, f"round {k} explain test", pool_hidden,
+                                      read_states=states)
+            # donors lend the shuffled control their Aug inputs only: written when Aug reads text, else read
             donor_expl = explain_pairs(explainer, tokenizer, donors, params, f"round {k} explain donors",
-                                       pool_hidden) if donors is not None and donors.height else None
+                                       pool_hidden, write=bool({"text", "hidden"} & set(blocks)),
+                                       read_states=states) if donors is not None and donors.height else None
         del explainer
         with timer.part("ctr_stage_s"):
             encoder = load_encoder(paths.resolve(params.data.cache_dir), device=llm.device)

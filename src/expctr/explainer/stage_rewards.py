@@ -26,7 +26,7 @@ JUDGE_COLUMNS = ("judge_p_yes_pos", "judge_p_yes_neg")
 def make_lc(params: Params, tokenizer, judge_model) -> tuple[JudgeScorer, LCReward]:
     """The frozen judge (grouped, memoised) and the LC reward it scores."""
     judge = JudgeScorer(judge_model, tokenizer, batch_size=params.llm.judge_batch_size)
-    return judge, LCReward(judge, kind=params.reward.kind, name="lc")
+    return judge, LCReward(judge, kind=params.reward.kind, name="lc", reads_history=params.llm.judge_reads_history)
 
 
 def make_ic(params: Params, lc: LCReward, id_model) -> ICAgreementReward:
@@ -46,7 +46,8 @@ def build_stage_reward(stage: str, params: Params, paths: ProjectPaths) -> Combi
     return stage_reward("ic", params.reward, lc=lc, ic=make_ic(params, lc, id_model), fmt=FormatReward())
 
 
-def verdict_rewards(reward, judge: JudgeScorer, dataset) -> tuple[list[float], list[float]]:
+def verdict_rewards(reward, judge: JudgeScorer, dataset, reads_history: bool = True
+                    ) -> tuple[list[float], list[float]]:
     """(r+, r-) per prompt: the stage reward of the two plain verdict sentences, computed by the same reward
     callable as the GRPO step, with the frozen judge's readings taken from the pool's precomputed columns
     (`JUDGE_COLUMNS`, written by llm_pairs on the same fitted history) when the dataset has them."""
@@ -54,7 +55,8 @@ def verdict_rewards(reward, judge: JudgeScorer, dataset) -> tuple[list[float], l
     sentences = [(verdict_sentence(True, r["target"]), verdict_sentence(False, r["target"])) for r in rows]
     if all(c in dataset.column_names for c in JUDGE_COLUMNS):
         for j, col in enumerate(JUDGE_COLUMNS):
-            judge.remember([judge_messages(r["history"], r["target"], s[j]) for r, s in zip(rows, sentences)],
+            judge.remember([judge_messages(r["history"], r["target"], s[j], show_history=reads_history)
+                            for r, s in zip(rows, sentences)],
                            dataset[col])
     columns = [c for c in dataset.column_names if c != "prompt"]
     kwargs = {c: [r[c] for r in rows for _ in (0, 1)] for c in columns}

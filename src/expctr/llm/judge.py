@@ -15,7 +15,7 @@ logsumexp of its members.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,7 +136,7 @@ def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
 
 def judge_yes_no_logits_grouped(model, tokenizer, groups: Sequence[Sequence[Sequence[Message]]],
                                 batch_size: int = 8, ids: YesNoIds | None = None,
-                                progress: bool = False) -> list[np.ndarray]:
+                                progress: bool = False, outer: Sequence[Hashable] | None = None) -> list[np.ndarray]:
     """Per group, a (len(group), 2) array of [Yes, No] logits, equal to `judge_yes_no_logits` on each prompt.
 
     Why groups: the judge prompts of one pair (the zero-shot readout, one per explanation or per verdict, the
@@ -145,6 +145,11 @@ def judge_yes_no_logits_grouped(model, tokenizer, groups: Sequence[Sequence[Sequ
     the cache rows are then repeated for the group's prompts (`reorder_cache`) and only the differing suffixes
     are run: row = [padding + prefix | padding + suffix], the mask hides both paddings and position ids are
     counted over real tokens, so every row sees exactly its own prompt.
+
+    `outer` labels groups that share a beginning too (one user's slate: the system text, the question and the
+    history come before each pair's target line): the prompts then run as a tree of three levels - each outer
+    prefix once, each group's own part once over it, each prompt's suffix over that - and `batch_size` counts
+    outer groups.
     """
     import torch
 
@@ -153,38 +158,68 @@ def judge_yes_no_logits_grouped(model, tokenizer, groups: Sequence[Sequence[Sequ
     ids = ids or yes_no_token_ids(tokenizer)
     encoded = [[encode_messages(tokenizer, m) for m in group] for group in groups]
     out = [np.zeros((len(g), 2), dtype=np.float64) for g in encoded]
-    pad = tokenizer.pad_token_id
-    yes_idx = torch.tensor(ids.yes, device=model.device)
-    no_idx = torch.tensor(ids.no, device=model.device)
-    order = [i for i in sorted(range(len(encoded)), key=lambda i: -max((len(e) for e in encoded[i]), default=0))
-             if encoded[i]]
+    labels = list(outer) if outer is not None else list(range(len(encoded)))
+    if len(labels) != len(encoded):
+        raise ValueError(f"{len(labels)} outer labels for {len(encoded)} groups")
+    trees: dict[Hashable, list[int]] = {}
+    for g, lab in enumerate(labels):
+        if encoded[g]:
+            trees.setdefault(lab, []).append(g)
+    dev, pad = model.device, tokenizer.pad_token_id
+    yes_idx = torch.tensor(ids.yes, device=dev)
+    no_idx = torch.tensor(ids.no, device=dev)
+    order = sorted(trees.values(), key=lambda gs: -max(len(e) for g in gs for e in encoded[g]))
+
+    def run(segs, masks, cache):
+        """One level: each row's segment over the cache, left-padded, positions counted over real tokens."""
+        width = max(len(x) for x in segs)
+        seg_mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in segs], device=dev)
+        mask = torch.cat([*masks, seg_mask], dim=1)
+        logits = model(input_ids=torch.tensor([[pad] * (width - len(x)) + list(x) for x in segs], device=dev),
+                       attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)[:, -width:],
+                       use_cache=True, logits_to_keep=1, **{cache_kwarg(model): cache}).logits[:, -1, :]
+        return logits, [*masks, seg_mask]
+
+    def regroup(cache, masks, index):
+        cache.reorder_cache(torch.tensor(index, device=dev))
+        return [m[index] for m in masks]
+
     with torch.inference_mode():
+        from transformers import DynamicCache
+
         bar = tqdm(total=sum(len(g) for g in encoded), desc="judge", disable=not progress, unit="prompt")
         for b in range(0, len(order), batch_size):
-            idx = order[b:b + batch_size]
-            cut = [min(_common_prefix_len(encoded[i]), min(len(e) for e in encoded[i]) - 1) for i in idx]
-            prefixes = [encoded[i][0][:c] for i, c in zip(idx, cut)]
-            width = max(len(p) for p in prefixes)
-            prefix_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prefixes], device=model.device)
-            prefix_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prefixes],
-                                       device=model.device)
-            cache = output_cache(model(input_ids=prefix_ids, attention_mask=prefix_mask,
-                                       position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True))
-            rows = [(g, j) for g, i in enumerate(idx) for j in range(len(encoded[i]))]
-            cache.reorder_cache(torch.tensor([g for g, _ in rows], device=model.device))
-            suffixes = [encoded[idx[g]][j][cut[g]:] for g, j in rows]
-            s_width = max(len(s) for s in suffixes)
-            suffix_ids = torch.tensor([[pad] * (s_width - len(s)) + s for s in suffixes], device=model.device)
-            suffix_mask = torch.tensor([[0] * (s_width - len(s)) + [1] * len(s) for s in suffixes],
-                                       device=model.device)
-            mask = torch.cat([prefix_mask[[g for g, _ in rows]], suffix_mask], dim=1)
-            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)[:, width:]
-            logits = model(input_ids=suffix_ids, attention_mask=mask, position_ids=position_ids,
-                           use_cache=True, logits_to_keep=1, **{cache_kwarg(model): cache}).logits[:, -1, :].float()
+            batch = order[b:b + batch_size]
+            rows = [(t, g, j) for t, gs in enumerate(batch) for g in gs for j in range(len(encoded[g]))]
+            # each group's shared part: its common prefix, leaving each of its prompts at least one token
+            shared = {g: min(_common_prefix_len(encoded[g]), min(len(x) for x in encoded[g]) - 1)
+                      for gs in batch for g in gs}
+            # level 0: each tree's common prefix; with an outer level it stops a token short of every group's
+            # shared part, so that each group has a part of its own (level 1) before its prompts' suffixes
+            members = [[encoded[g][j] for g in gs for j in range(len(encoded[g]))] for gs in batch]
+            cut0 = [min(_common_prefix_len(m), min(shared[g] for g in gs) - (outer is not None))
+                    for m, gs in zip(members, batch)]
+            if min(cut0) < 1:
+                raise ValueError("every judge prompt needs at least three tokens")
+            cache = DynamicCache()
+            _, masks = run([m[0][:c] for m, c in zip(members, cut0)], [], cache)
+            begin = {(t, g): cut0[t] for t, g, _ in rows}
+            if outer is None:
+                parent = [t for t, _, _ in rows]
+            else:  # level 1: each group's own shared part after its tree's prefix (its pair's target line)
+                nodes = list(dict.fromkeys((t, g) for t, g, _ in rows))
+                for t, g in nodes:
+                    begin[t, g] = shared[g]
+                masks = regroup(cache, masks, [t for t, _ in nodes])
+                _, masks = run([encoded[g][0][cut0[t]:begin[t, g]] for t, g in nodes], masks, cache)
+                parent = [nodes.index((t, g)) for t, g, _ in rows]
+            masks = regroup(cache, masks, parent)
+            logits, _ = run([encoded[g][j][begin[t, g]:] for t, g, j in rows], masks, cache)
+            logits = logits.float()
             yn = torch.stack([torch.logsumexp(logits[:, yes_idx], -1),
                               torch.logsumexp(logits[:, no_idx], -1)], dim=-1).cpu().numpy()
-            for r, (g, j) in enumerate(rows):
-                out[idx[g]][j] = yn[r]
+            for r, (_, g, j) in enumerate(rows):
+                out[g][j] = yn[r]
             bar.update(len(rows))
         bar.close()
     return out
@@ -197,10 +232,11 @@ def p_yes_from_logits(yes_no: np.ndarray) -> np.ndarray:
 
 
 def judge_p_yes_grouped(model, tokenizer, groups: Sequence[Sequence[Sequence[Message]]], batch_size: int = 8,
-                        ids: YesNoIds | None = None, progress: bool = False) -> list[np.ndarray]:
+                        ids: YesNoIds | None = None, progress: bool = False,
+                        outer: Sequence[Hashable] | None = None) -> list[np.ndarray]:
     """P(Yes) per prompt of each group (see `judge_yes_no_logits_grouped`), in input order."""
     return [p_yes_from_logits(g) for g in judge_yes_no_logits_grouped(model, tokenizer, groups, batch_size, ids,
-                                                                      progress)]
+                                                                      progress, outer)]
 
 
 class JudgeScorer:

@@ -102,12 +102,14 @@ class OpenedResult:
     `generation` holds the continuation after the opening (its `texts` are the first sentence of the
     continuation); `openings` the opening text each row was given; `first_logits` the logits of the requested
     tokens at the end of the prompt (before the opening: e.g. the verdict); `hidden` the mean last-layer state
-    over the opening and the generated tokens, (n, d) float32, or None."""
+    over the opening and the generated tokens, (n, d) float32, or None; `states` the last-layer state at the
+    end of the prompt (where `first_logits` are read), (n, d) float32, or None."""
 
     generation: GenerationResult
     openings: list[str]
     first_logits: list[list[float]]
     hidden: list[list[float]] | None
+    states: list[list[float]] | None = None
 
 
 def generate_shared_prefix(model, tokenizer, prompts: Sequence[str | Sequence[int]], *, groups: Sequence[Hashable] | None = None,
@@ -132,7 +134,7 @@ def generate_opened(model, tokenizer, prompts: Sequence[str | Sequence[int]],
                     first_token_ids: Sequence[int], *, groups: Sequence[Hashable] | None = None,
                     max_new_tokens: int | Sequence[int] = 48, pool_hidden: bool = False, batch_size: int = 32,
                     min_prefix: int = 8, progress: bool = False, desc: str = "explain",
-                    banned_token_ids: Sequence[int] | None = None) -> OpenedResult:
+                    banned_token_ids: Sequence[int] | None = None, read_states: bool = False) -> OpenedResult:
     """Greedy first sentences, each row continued from an opening chosen after reading the prompt.
 
     For every prompt: prefill it (shared prefixes once per group), read the logits of `first_token_ids` at its
@@ -141,7 +143,8 @@ def generate_opened(model, tokenizer, prompts: Sequence[str | Sequence[int]],
     until the sentence ends. One prefill serves both the reading and the generation. Rows are processed in
     batches of about `batch_size`, a group never split; results come back in input order. With
     `opening=None` and `max_new_tokens=0` it only reads (no text is written). `banned_token_ids` are never
-    decoded after the opening (the opening itself is given text and may hold them).
+    decoded after the opening (the opening itself is given text and may hold them). `read_states` also returns
+    the last-layer state where the logits are read (the explainer's state at its verdict).
     """
     import numpy as np
 
@@ -160,6 +163,7 @@ def generate_opened(model, tokenizer, prompts: Sequence[str | Sequence[int]],
     texts, raw, counts, complete = [""] * n, [""] * n, [0] * n, [False] * n
     openings, first = [""] * n, [[] for _ in range(n)]
     hidden: list[list[float]] = [[] for _ in range(n)]
+    states: list[list[float]] = [[] for _ in range(n)]
     from tqdm.auto import tqdm
 
     bar = tqdm(total=n, desc=desc, disable=not progress, unit="prompt")
@@ -175,10 +179,13 @@ def generate_opened(model, tokenizer, prompts: Sequence[str | Sequence[int]],
             openings[i], first[i] = extra["openings"][r], extra["first"][r]
             if pool_hidden:
                 hidden[i] = extra["hidden"][r]
+            if read_states:
+                states[i] = extra["states"][r]
         bar.update(len(rows))
     bar.close()
     gen = GenerationResult(texts=texts, raw_texts=raw, n_new_tokens=counts, complete=complete)
-    return OpenedResult(gen, openings, first, [list(map(float, np.asarray(h))) for h in hidden] if pool_hidden else None)
+    return OpenedResult(gen, openings, first, [list(map(float, np.asarray(h))) for h in hidden] if pool_hidden else None,
+                        states if read_states else None)
 
 
 def _generate(model, tokenizer, prompts, *, groups, max_new_tokens, do_sample: bool = False, temperature: float = 1.0,
@@ -209,7 +216,8 @@ def _generate(model, tokenizer, prompts, *, groups, max_new_tokens, do_sample: b
     group_of = {i: g for g, (rows, _) in enumerate(plan) for i in rows}
     p_len = [plan[group_of[i]][1] for i in range(n)]
     p_max = max(p_len)
-    extra: dict[str, list] = {"openings": [""] * n, "first": [[] for _ in range(n)], "hidden": [None] * n}
+    extra: dict[str, list] = {"openings": [""] * n, "first": [[] for _ in range(n)], "hidden": [None] * n,
+                              "states": [None] * n}
     h_sum, h_count = None, [0] * n
 
     def pool(h, real):
@@ -259,6 +267,7 @@ def _generate(model, tokenizer, prompts, *, groups, max_new_tokens, do_sample: b
             if getattr(head, "bias", None) is not None:
                 picked = picked + head.bias[list(first_token_ids)].float()
             extra["first"] = picked.cpu().tolist()
+            extra["states"] = h_last[:, -1].float().cpu().tolist()
         if max(caps) == 0 and opening is None:  # a reading only: nothing to write
             return generation_result([""] * n, [0] * n, [True] * n), extra
         if opening is not None:

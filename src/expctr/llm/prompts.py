@@ -216,19 +216,25 @@ def clean_explanation(explanation: str) -> str:
 
 
 def judge_messages(history: Sequence[Item | Mapping[str, Any]], target: Item | Mapping[str, Any],
-                   explanation: str | None = None) -> list[Message]:
+                   explanation: str | None = None, show_history: bool = True) -> list[Message]:
     """Yes/No judge messages ending in an open assistant turn; the judge's P(Yes) is read at its end.
 
     With an explanation, it is written as the assistant's own reasoning followed by "So the answer is";
-    with None (zero-shot judge), the assistant turn is just "The answer is".
+    with None (zero-shot judge), the assistant turn is just "The answer is". `show_history=False` leaves the
+    Liked / Disliked lines out (the target line, with its reception and its evidence from `history`, stays):
+    the judge then reads what the explanation itself conveys about the user.
     """
     if explanation is None or not clean_explanation(explanation):
         prefix = READOUT_ZERO_SHOT
     else:
         prefix = f"{clean_explanation(explanation)} {READOUT_AFTER_EXPLANATION}"
+    if show_history:
+        user = _user_turn(JUDGE_QUESTION, history, target)
+    else:
+        user = f"{JUDGE_QUESTION}\n{_target_line(_items(history), as_item(target))}"
     return [
         {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": _user_turn(JUDGE_QUESTION, history, target)},
+        {"role": "user", "content": user},
         {"role": "assistant", "content": prefix},
     ]
 

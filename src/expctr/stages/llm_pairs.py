@@ -49,14 +49,23 @@ OUTPUTS = ("train", "valid", "test", "donors")
 GRADE_CHECK_PAIRS = 100  # pool pairs on which every grade's reading is measured (the ladder's order check)
 
 
-def judge_groups(pairs: pl.DataFrame, tokenizer, max_prompt_tokens: int, explanations) -> list:
-    """Per pair, the judge prompts of each explanation in `explanations[k]` (None = the zero-shot readout), on
-    the history the explainer sees (`fitted_history`), so the rounds' rewards find these readings by prompt."""
+def judge_groups(pairs: pl.DataFrame, tokenizer, max_prompt_tokens: int, explanations,
+                 show_history: bool = True) -> list:
+    """Per pair, the judge prompts of each explanation in `explanations[k]` (None = the zero-shot readout, which
+    always shows the history), on the history the explainer sees (`fitted_history`), so the rounds' rewards find
+    these readings by prompt."""
     out = []
     for k, row in enumerate(pairs.select("history", "target").iter_rows(named=True)):
         history = fitted_history(tokenizer, row["history"], max_prompt_tokens)
-        out.append([judge_messages(history, row["target"], t) for t in explanations[k]])
+        out.append([judge_messages(history, row["target"], t, show_history=show_history or t is None)
+                    for t in explanations[k]])
     return out
+
+
+def slate_labels(pairs: pl.DataFrame) -> list[tuple]:
+    """(user, timestamp) per pair: pairs with the same label have the same history, so their judge prompts
+    share everything before the target line."""
+    return list(zip(pairs["user_id"].to_list(), pairs["timestamp"].to_list()))
 
 
 def grade_sentences(pairs: pl.DataFrame) -> list[list[str]]:
@@ -105,14 +114,17 @@ def run(params: Params, paths: ProjectPaths) -> dict:
     budget, batch = params.llm.max_prompt_tokens, params.llm.judge_batch_size
     train = pairs["train"]
     plain = [[verdict_sentence(True, t), verdict_sentence(False, t)] for t in train["target"]]
-    verdict = np.array(judge_p_yes_grouped(model, tokenizer, judge_groups(train, tokenizer, budget, plain),
-                                           batch_size=batch, progress=True))
+    # a slate's pairs share the context before their target lines: the judge runs it once per slate (`outer`),
+    # each pair's target line once, each sentence's suffix alone
+    shown = params.llm.judge_reads_history
+    verdict = np.array(judge_p_yes_grouped(model, tokenizer, judge_groups(train, tokenizer, budget, plain, shown),
+                                           batch_size=batch, progress=True, outer=slate_labels(train)))
     pairs["train"] = train.with_columns(pl.Series("judge_p_yes_pos", verdict[:, 0]),
                                         pl.Series("judge_p_yes_neg", verdict[:, 1]))
     ladder = train.head(GRADE_CHECK_PAIRS)
     readings = np.array(judge_p_yes_grouped(model, tokenizer, judge_groups(ladder, tokenizer, budget,
-                                                                           grade_sentences(ladder)),
-                                            batch_size=batch, progress=True))
+                                                                           grade_sentences(ladder), shown),
+                                            batch_size=batch, progress=True, outer=slate_labels(ladder)))
 
     test = pairs["test"]
     labels = test["label"].to_numpy()

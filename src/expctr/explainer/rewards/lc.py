@@ -22,7 +22,7 @@ class LCReward:
     """
 
     def __init__(self, judge_model, tokenizer=None, kind: str = "logprob", batch_size: int = 8,
-                 min_prob: float = MIN_PROB, name: str = "lc_reward"):
+                 min_prob: float = MIN_PROB, name: str = "lc_reward", reads_history: bool = True):
         if kind not in KINDS:
             raise ValueError(f"reward kind must be one of {KINDS}, got {kind!r}")
         if tokenizer is None:
@@ -32,11 +32,12 @@ class LCReward:
         else:
             self.scorer = JudgeScorer(judge_model, tokenizer, batch_size=batch_size)
         self.kind, self.min_prob, self.__name__ = kind, float(min_prob), name
+        self.reads_history = bool(reads_history)  # False: the judge sees the target line, not the history
 
     def p_yes(self, completions: Sequence[Any], history: Sequence[Any], target: Sequence[Any],
               prefix: Sequence[str | None] | None = None) -> np.ndarray:
         prefix = prefix or [None] * len(completions)
-        messages = [judge_messages(list(h or []), t, explanation_of(c, pre))
+        messages = [judge_messages(list(h or []), t, explanation_of(c, pre), show_history=self.reads_history)
                     for c, h, t, pre in zip(completions, history, target, prefix, strict=True)]
         p = np.asarray(self.scorer(messages), dtype=np.float64).reshape(-1)
         if p.shape != (len(messages),):
