@@ -22,21 +22,16 @@ import time
 from pathlib import Path
 
 import polars as pl
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import recorded_command
+from bench_common import recorded_command, round_explainer
 
-from expctr.config import load_params
 from expctr.ctr.checkpoint import load_id_model
 from expctr.data.features import FeatureMap
 from expctr.evaluation.metrics import auc_with_ci, paired_auc_difference
 from expctr.explainer.aug_stage import join_explanations, score_variant, train_variants
 from expctr.explainer.explain import explain_pairs
 from expctr.io import write_json
-from expctr.llm.adapters import load_explainer
-from expctr.llm.base_model import load_tokenizer, reading_params
-from expctr.paths import ProjectPaths
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK_SETS = {"verdict": ["verdict"], "verdict+state": ["verdict", "state"]}
@@ -48,12 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--project", type=Path, default=ROOT, help="the project whose artifacts are read")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/aug_state.json")
     args = ap.parse_args(argv)
-    params = load_params(args.project / "params.yaml")
-    paths = ProjectPaths(args.project)
-    llm = reading_params(params.llm)
-    torch.set_num_threads(llm.threads)
-    tok = load_tokenizer(paths.base_llm)
-    explainer, _ = load_explainer(paths.base_llm, paths.round_dir(args.round) / "adapter", llm)
+    params, paths, _, explainer, tok = round_explainer(args.project, args.round)
     sets = {s: pl.read_parquet(paths.llm_pairs / f"{s}.parquet") for s in ("valid", "test", "donors")}
     t0 = time.perf_counter()
     read = {s: explain_pairs(explainer, tok, df, params, f"state {s}", write=False, read_states=True)

@@ -15,6 +15,22 @@ from pathlib import Path
 PATH_OPTIONS = ("--tmp", "--out", "--scratch", "--features", "--project")  # machine-local paths: never in a versioned result
 
 
+def round_explainer(project: Path, k: int):
+    """(params, paths, reading LLM params, explainer, tokenizer) of a pipeline run's round-k adapter, merged and
+    loaded in the inference dtype with its threads set: what the offline benches that re-read a run start from."""
+    from expctr.config import load_params
+    from expctr.explainer.rounds import ADAPTER
+    from expctr.llm.adapters import load_explainer
+    from expctr.llm.base_model import reading_params
+    from expctr.paths import ProjectPaths
+
+    params = load_params(project / "params.yaml")
+    paths = ProjectPaths(project)
+    llm = reading_params(params.llm)
+    explainer, tokenizer = load_explainer(paths.base_llm, paths.round_dir(k) / ADAPTER, llm)
+    return params, paths, llm, explainer, tokenizer
+
+
 def recorded_command(script: str, argv: list[str]) -> str:
     """`bench/<script> <args>` with scratch and output paths left out (the results are versioned)."""
     kept, skip = [], False

@@ -27,20 +27,16 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import recorded_command
+from bench_common import recorded_command, round_explainer
 
-from expctr.config import load_params
 from expctr.evaluation.metrics import auc_with_ci, paired_auc_difference
 from expctr.explainer.explain import explain_pairs
 from expctr.io import write_json
-from expctr.llm.adapters import load_explainer
-from expctr.llm.base_model import load_model, load_tokenizer, reading_params
+from expctr.llm.base_model import load_model
 from expctr.llm.judge import judge_p_yes_grouped
 from expctr.llm.prompts import encode_messages, judge_messages
-from expctr.paths import ProjectPaths
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTEXTS = ("history", "target")
@@ -53,13 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--project", type=Path, default=ROOT, help="the project whose artifacts are read")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/judge_context.json")
     args = ap.parse_args(argv)
-    params = load_params(args.project / "params.yaml")
-    paths = ProjectPaths(args.project)
-    llm = reading_params(params.llm)
-    torch.set_num_threads(llm.threads)
-    tok = load_tokenizer(paths.base_llm)
+    params, paths, llm, explainer, tok = round_explainer(args.project, args.round)
     pairs = pl.read_parquet(paths.llm_pairs / "valid.parquet").head(args.pairs)
-    explainer, _ = load_explainer(paths.base_llm, paths.round_dir(args.round) / "adapter", llm)
     t0 = time.perf_counter()
     explained = explain_pairs(explainer, tok, pairs, params, f"round {args.round} explain valid")
     explain_s = time.perf_counter() - t0
