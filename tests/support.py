@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -102,3 +103,16 @@ def without_timings(obj):
     if isinstance(obj, list):
         return [without_timings(v) for v in obj]
     return obj
+
+
+@contextlib.contextmanager
+def recorded_input_shapes(model):
+    """The input_ids shape of every forward pass of `model` while the context is open (which passes a shared-
+    prefix reader or generator ran, and how wide)."""
+    shapes = []
+    hook = model.register_forward_pre_hook(lambda _m, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)),
+                                           with_kwargs=True)
+    try:
+        yield shapes
+    finally:
+        hook.remove()

@@ -45,7 +45,7 @@ def project(tmp_path_factory, tiny_real_project: Path, base_model_dir: Path) -> 
     root = tmp_path_factory.mktemp("rl2")
     make_params(root, **{"distributed.num_processes": 2, "distributed.stages": ["explainer_rl"],
                          "llm.threads": 1, "llm.max_prompt_tokens": 120, "rl.lora_dropout": 0.0, "rl.verdict_batch_size": 4,
-                         "rl.verdict_dtype": "float32",  # bf16 autocast rounds per batch split: compare in fp32
+                         "rl.verdict_dtype": "float32", "rl.bf16": False,  # bf16 autocast rounds per batch split
                          "rl.prompts_per_step": 2, "rl.num_generations": 2, "rl.max_completion_length": 8,
                          "data.cache_dir": str(REPO_ROOT / ".cache" / "expctr")})
     (root / "models").mkdir()

@@ -146,8 +146,12 @@ def test_prompt_dataset_errors(pairs, tokenizer):
 
 
 def test_grpo_config_is_the_cpu_profile():
+    from expctr.llm.base_model import cpu_has_native_bf16
+
     cfg = grpo_config(RLParams(), LLMParams(), steps=3, seed=1, output_dir="unused")
-    assert cfg.bf16 is False and cfg.gradient_checkpointing is False and cfg.use_cpu is True
+    # bf16 autocast where the CPU computes bfloat16 natively, never where it would emulate it
+    assert cfg.bf16 is cpu_has_native_bf16() and cfg.gradient_checkpointing is False and cfg.use_cpu is True
+    assert grpo_config(RLParams(bf16=False), LLMParams(), steps=1, seed=1, output_dir="unused").bf16 is False
     # one optimizer step = one generation batch of 2 prompts x 4 completions, back-propagated 2 at a time
     assert cfg.generation_batch_size == 2 * 4 and cfg.num_generations == 4
     assert cfg.per_device_train_batch_size == 2 and cfg.gradient_accumulation_steps == 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support import recorded_input_shapes
 
 from expctr.llm.judge import judge_p_yes, judge_p_yes_grouped, yes_no_token_ids
 from expctr.llm.prompts import Item, judge_messages
@@ -110,9 +111,12 @@ def test_grouped_judge_equals_the_plain_judge(model, tokenizer):
         groups.append([judge_messages(HISTORY[: 1 + k % 3], t, r) for r in reasons[: 1 + k % 3]])
     flat = [m for g in groups for m in g]
     plain = judge_p_yes(model, tokenizer, flat, batch_size=4)
-    grouped = np.concatenate(judge_p_yes_grouped(model, tokenizer, groups, batch_size=3))
+    with recorded_input_shapes(model) as shapes:
+        grouped = np.concatenate(judge_p_yes_grouped(model, tokenizer, groups, batch_size=3))
     assert grouped.shape == plain.shape
     np.testing.assert_allclose(grouped, plain, atol=1e-4)
+    # each batch of 3 groups ran the beginning they all share (the system text) once, as one row
+    assert shapes[0][0] == 1 and shapes[0][1] >= 8 and shapes[1][0] == 3
 
 
 def test_nested_groups_equal_the_plain_judge(model, tokenizer):

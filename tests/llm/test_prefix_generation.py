@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from support import recorded_input_shapes
 
 from expctr.llm.base_model import load_model, load_tokenizer
 from expctr.llm.generation import generate
@@ -66,9 +67,13 @@ def test_several_users_in_one_batch_write_what_each_would_alone(llm):
     plan = plan_groups([tok(p, add_special_tokens=False)["input_ids"] for p in prompts], ["a"] * 3 + ["b"] * 3)
     assert [rows for rows, _ in plan] == [[0, 1, 2], [3, 4, 5]] and plan[0][1] != plan[1][1]
     plain = generate(model, tok, prompts, max_new_tokens=14, batch_size=6, progress=False)
-    mixed = generate_shared_prefix(model, tok, prompts, groups=["a"] * 3 + ["b"] * 3, max_new_tokens=14)
+    with recorded_input_shapes(model) as shapes:
+        mixed = generate_shared_prefix(model, tok, prompts, groups=["a"] * 3 + ["b"] * 3, max_new_tokens=14)
     assert mixed.raw_texts == plain.raw_texts and mixed.n_new_tokens == plain.n_new_tokens
     assert mixed.complete == plain.complete
+    # the two users' common beginning (system text, task) ran once, as one row, before their own prefixes
+    system = tok(prompts[0][:prompts[0].index("Liked:")], add_special_tokens=False)["input_ids"]
+    assert shapes[0][0] == 1 and shapes[0][1] >= len(system) - 1 and shapes[1][0] == 2
 
 
 def test_sampling_is_per_row_and_caps_are_per_row(llm):

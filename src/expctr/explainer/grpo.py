@@ -81,7 +81,7 @@ def grpo_config(rl: RLParams, llm: LLMParams, steps: int, seed: int, output_dir:
         "warmup_steps": 0,
         "seed": int(seed),
         "data_seed": int(seed),
-        "bf16": rl.bf16,
+        "bf16": grpo_bf16(rl, llm),
         "fp16": False,
         # transformers 5.24 renamed `gradient_checkpointing`; the new name wins and the old mirrors it (TRL
         # reads the old one), so no deprecation warning and TRL's default True is overridden.
@@ -100,6 +100,16 @@ def grpo_config(rl: RLParams, llm: LLMParams, steps: int, seed: int, output_dir:
     }
     kwargs.update(overrides)
     return GRPOConfig(**kwargs)
+
+
+def grpo_bf16(rl: RLParams, llm: LLMParams) -> bool:
+    """Whether the GRPO step runs in bfloat16 autocast: `rl.bf16`, where `auto` means on a CPU with native
+    BF16 (`expctr.llm.base_model.inference_dtype`)."""
+    if rl.bf16 != "auto":
+        return bool(rl.bf16)
+    from expctr.llm.base_model import inference_dtype
+
+    return llm.device == "cpu" and inference_dtype("auto", llm.device) == "bfloat16"
 
 
 def _step_timer():

@@ -195,20 +195,20 @@ def run_round(params: Params, paths: ProjectPaths, k: int) -> dict[str, Any]:
     donors = pl.read_parquet(paths.llm_pairs / "donors.parquet") if last else None
     blocks = params.text_ctr.explanation_blocks
     pool_hidden, states = "hidden" in blocks, "state" in blocks
+    writes = bool({"text", "hidden"} & set(blocks))  # Aug reads written text: else a verdict reading is enough
     with atomic_path(paths.round_dir(k)) as out:
         out.mkdir()
         runs = _rl_stages(params, paths, k, out, tokenizer, judge, lc, id_model, init_adapter, timer)
         explainer, _ = load_explainer(paths.base_llm, out / ADAPTER, llm)
         with timer.part("explain_aug_s"):
             aug_expl = explain_pairs(explainer, tokenizer, aug_pairs, params, f"round {k} explain valid", pool_hidden,
-                                     write=bool({"text", "hidden"} & set(blocks)), read_states=states)
+                                     write=writes, read_states=states)
         with timer.part("explain_test_s"):
             test_expl = explain_pairs(explainer, tokenizer, test, params, f"round {k} explain test", pool_hidden,
                                       read_states=states)
             # donors lend the shuffled control their Aug inputs only: written when Aug reads text, else read
             donor_expl = explain_pairs(explainer, tokenizer, donors, params, f"round {k} explain donors",
-                                       pool_hidden, write=bool({"text", "hidden"} & set(blocks)),
-                                       read_states=states) if donors is not None and donors.height else None
+                                       pool_hidden, write=writes, read_states=states) if donors is not None and donors.height else None
         del explainer
         with timer.part("ctr_stage_s"):
             encoder = load_encoder(paths.resolve(params.data.cache_dir), device=llm.device)

@@ -120,18 +120,24 @@ def cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(fn).parameters else "past_key_values"
 
 
-def output_cache(out):
-    """The KV cache a forward() returned, under either name."""
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
-
-
-def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens all of `seqs` share (0 for no sequences)."""
+    if not seqs:
+        return 0
     first, n = seqs[0], min(len(s) for s in seqs)
     for j in range(n):
         if any(s[j] != first[j] for s in seqs[1:]):
             return j
     return n
+
+
+def shared_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    """The part of `seqs`' common prefix that can be run once for all of them: it leaves every sequence at least
+    one token of its own (the position its reading or its next token comes from)."""
+    return min(common_prefix_len(seqs), min(len(s) for s in seqs) - 1)
+
+
+MIN_GLOBAL_PREFIX = 8  # tokens: a batch-wide prefix shorter than this is not worth its own pass
 
 
 def judge_yes_no_logits_grouped(model, tokenizer, groups: Sequence[Sequence[Sequence[Message]]],
@@ -149,7 +155,8 @@ def judge_yes_no_logits_grouped(model, tokenizer, groups: Sequence[Sequence[Sequ
     `outer` labels groups that share a beginning too (one user's slate: the system text, the question and the
     history come before each pair's target line): the prompts then run as a tree of three levels - each outer
     prefix once, each group's own part once over it, each prompt's suffix over that - and `batch_size` counts
-    outer groups.
+    outer groups. Below all of it, the beginning that every prompt of a batch shares (the system text and the
+    question) runs once, as one row.
     """
     import torch
 
@@ -168,7 +175,11 @@ def judge_yes_no_logits_grouped(model, tokenizer, groups: Sequence[Sequence[Sequ
     dev, pad = model.device, tokenizer.pad_token_id
     yes_idx = torch.tensor(ids.yes, device=dev)
     no_idx = torch.tensor(ids.no, device=dev)
-    order = sorted(trees.values(), key=lambda gs: -max(len(e) for g in gs for e in encoded[g]))
+    # batches of trees with similar suffix widths, then similar shared parts (as `generate_opened` batches): every
+    # padded position costs what a real one does
+    shared_of = {g: shared_prefix_len(encoded[g]) for gs in trees.values() for g in gs}
+    order = sorted(trees.values(), key=lambda gs: (-max(len(e) - shared_of[g] for g in gs for e in encoded[g]),
+                                                   -max(shared_of[g] for g in gs)))
 
     def run(segs, masks, cache):
         """One level: each row's segment over the cache, left-padded, positions counted over real tokens."""
@@ -192,17 +203,24 @@ def judge_yes_no_logits_grouped(model, tokenizer, groups: Sequence[Sequence[Sequ
             batch = order[b:b + batch_size]
             rows = [(t, g, j) for t, gs in enumerate(batch) for g in gs for j in range(len(encoded[g]))]
             # each group's shared part: its common prefix, leaving each of its prompts at least one token
-            shared = {g: min(_common_prefix_len(encoded[g]), min(len(x) for x in encoded[g]) - 1)
-                      for gs in batch for g in gs}
+            shared = {g: shared_of[g] for gs in batch for g in gs}
             # level 0: each tree's common prefix; with an outer level it stops a token short of every group's
             # shared part, so that each group has a part of its own (level 1) before its prompts' suffixes
             members = [[encoded[g][j] for g in gs for j in range(len(encoded[g]))] for gs in batch]
-            cut0 = [min(_common_prefix_len(m), min(shared[g] for g in gs) - (outer is not None))
+            cut0 = [min(common_prefix_len(m), min(shared[g] for g in gs) - (outer is not None))
                     for m, gs in zip(members, batch)]
             if min(cut0) < 1:
                 raise ValueError("every judge prompt needs at least three tokens")
-            cache = DynamicCache()
-            _, masks = run([m[0][:c] for m, c in zip(members, cut0)], [], cache)
+            cache, masks = DynamicCache(), []
+            # the batch's common beginning (system text and question: the same for every pair) runs once, as
+            # one row, and is repeated for the trees; each tree's level 0 then starts after it
+            glob = shared_prefix_len([m[0][:c] for m, c in zip(members, cut0)]) if len(batch) > 1 else 0
+            if glob >= MIN_GLOBAL_PREFIX:
+                _, masks = run([members[0][0][:glob]], [], cache)
+                masks = regroup(cache, masks, [0] * len(batch))
+            else:
+                glob = 0
+            _, masks = run([m[0][glob:c] for m, c in zip(members, cut0)], masks, cache)
             begin = {(t, g): cut0[t] for t, g, _ in rows}
             if outer is None:
                 parent = [t for t, _, _ in rows]

@@ -1,0 +1,86 @@
+"""What running the batch-wide prompt beginning once saves, on a pipeline run's round explainer and judge.
+
+Every explainer prompt starts with the same ~54 tokens (system text, task) and every judge prompt with the
+same system text and question; the readers prefill them once per batch, as one row, before each group's own
+prefix (`expctr.llm.judge.MIN_GLOBAL_PREFIX`). This bench times the three pipeline readers with that level on
+and off, on the same pairs, and checks they read the same: the ExpCTR-Aug verdict reading of valid pairs (no
+decoding), the test explanations (prefill, opening, greedy reason) and the judge's reading of them.
+
+    .venv/bin/python bench/global_prefix.py --project . --round 3 --pairs 256 \
+        --out bench/results/global_prefix.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from bench_common import recorded_command, round_explainer
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--project", type=Path, default=Path("."), help="a project with a finished pipeline run")
+    ap.add_argument("--round", type=int, default=3, help="whose adapter explains (default: 3)")
+    ap.add_argument("--pairs", type=int, default=256, help="valid pairs read and test pairs explained, each")
+    ap.add_argument("--out", type=Path, default=None, help="write the result JSON here")
+    args = ap.parse_args(argv)
+
+    from expctr.explainer.explain import explain_pairs
+    from expctr.explainer.stage_rewards import make_lc
+    from expctr.llm import judge as judge_module
+    from expctr.llm.base_model import load_model
+
+    params, paths, llm, explainer, tokenizer = round_explainer(args.project, args.round)
+    judge_model = load_model(paths.base_llm, dtype=llm.dtype, device=llm.device)
+    valid = pl.read_parquet(paths.llm_pairs / "valid.parquet").head(args.pairs)
+    test = pl.read_parquet(paths.llm_pairs / "test.parquet").head(args.pairs)
+    on_value = judge_module.MIN_GLOBAL_PREFIX
+    import expctr.llm.prefix_generation as generation_module
+
+    runs = {}
+    for label, minimum in (("off", 10**9), ("on", on_value)):
+        judge_module.MIN_GLOBAL_PREFIX = generation_module.MIN_GLOBAL_PREFIX = minimum
+        _, lc = make_lc(params, tokenizer, judge_model)  # a fresh memo: the judge really reads
+        aug, t_aug = _timed(lambda: explain_pairs(explainer, tokenizer, valid, params, "aug", write=False))
+        expl, t_test = _timed(lambda: explain_pairs(explainer, tokenizer, test, params, "test"))
+        texts, clauses = expl["explanation"].to_list(), expl["clause"].to_list()
+        both, t_judge = _timed(lambda: lc.p_yes([t for pair in zip(texts, clauses) for t in pair],
+                                                [h for h in expl["history"].to_list() for _ in (0, 1)],
+                                                [t for t in expl["target"].to_list() for _ in (0, 1)]))
+        runs[label] = {"aug_z": aug["verdict_logit"].to_numpy(), "test_z": expl["verdict_logit"].to_numpy(),
+                       "texts": texts, "judge": np.asarray(both),
+                       "seconds": {"aug_verdict_reading": round(t_aug, 2), "test_explanations": round(t_test, 2),
+                                   "judge": round(t_judge, 2)}}
+    judge_module.MIN_GLOBAL_PREFIX = generation_module.MIN_GLOBAL_PREFIX = on_value
+    off, on = runs["off"], runs["on"]
+    result = {
+        "command": recorded_command("global_prefix.py", argv if argv is not None else __import__("sys").argv[1:]),
+        "round": args.round, "pairs": args.pairs, "threads": llm.threads, "dtype": llm.dtype,
+        "seconds_off": off["seconds"], "seconds_on": on["seconds"],
+        "speedup": {k: round(off["seconds"][k] / on["seconds"][k], 2) for k in off["seconds"]},
+        "max_abs_diff": {"aug_verdict_logit": float(np.abs(off["aug_z"] - on["aug_z"]).max()),
+                         "test_verdict_logit": float(np.abs(off["test_z"] - on["test_z"]).max()),
+                         "judge_p_yes": float(np.abs(off["judge"] - on["judge"]).max())},
+        "same_text_share": float(np.mean([a == b for a, b in zip(off["texts"], on["texts"])])),
+    }
+    print(json.dumps(result, indent=2))
+    if args.out:
+        from expctr.io import write_json
+
+        write_json(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
