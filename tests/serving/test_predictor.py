@@ -199,6 +199,9 @@ def test_explanations_are_one_guarded_sentence_cached_by_history_item_and_adapte
         assert None not in (it.faithful, it.grounded, it.complete) and it.stance_source == "score"
     again = p.predict(PredictRequest(user_id=uid, candidates=cands, explain=True))
     assert all(it.cached for it in again.items)
+    # the packaged ExpCTR-Aug reads the verdict logit and the facts: no sentence encoder is loaded or run
+    assert [n for n, _ in p.aug.blocks] == ["facts", "verdict"] and not p.explainer.embeds
+    assert p.explainer.encoder is None and p.explainer.loaded
     assert {it.item_id: it.explanation for it in again.items} == {it.item_id: it.explanation for it in first.items}
     assert {it.item_id: it.p_click for it in again.items} == pytest.approx(
         {it.item_id: it.p_click for it in first.items})
@@ -371,3 +374,17 @@ def test_a_prompt_injection_title_is_data(model_pair):
     for it in resp.items:
         assert it.explanation.startswith(p.prefix) and "\n" not in it.explanation and "<|im_end|>" not in it.explanation
         assert 0.0 <= it.p_click <= 1.0
+
+
+def test_an_aug_that_reads_text_gets_each_explanation_s_sentence_embedding(model_pair):
+    """The sentence encoder serves a packaged ExpCTR-Aug with a `text` block (normalised all-MiniLM-L6-v2
+    embeddings, one per text); the default pair does without it."""
+    from expctr.serving.explaining import Explainer
+
+    p = model_pair
+    reading = Explainer(p.dir, p.manifest, p.limits, p.catalogue, embeds=True)
+    reading.model = p.explainer.model or ("unused", "unused")  # the LLM is not what this checks
+    reading.load()
+    emb = reading._embed(["The user will probably enjoy it.", "The user will likely not enjoy it."])
+    assert emb.shape == (2, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
+    assert p.explainer._embed(["a sentence"]).shape == (1, 0)

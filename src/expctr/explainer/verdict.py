@@ -66,14 +66,13 @@ def verdict_logit_shared(model, rows: Sequence[Sequence[int]], groups: Sequence[
     group's prompts and only the suffixes run over it (row = [padding + prefix | padding + suffix], masked
     padding, positions counted over real tokens), so every row sees exactly its own prompt and the gradient of
     a slate's shared tokens is their summed gradient over its prompts, as if each prompt ran alone. On a slate
-    of 4 about half the tokens of running every prompt whole (a ~120-token shared part, ~55 tokens each). The
-    beginning every group shares (system text and task) runs once for the batch, as one row."""
+    of 4 about half the tokens of running every prompt whole (a ~120-token shared part, ~55 tokens each)."""
     import contextlib
 
     import torch
     from transformers import DynamicCache
 
-    from expctr.llm.judge import MIN_GLOBAL_PREFIX, cache_kwarg, shared_prefix_len
+    from expctr.llm.judge import cache_kwarg
     from expctr.llm.prefix_generation import plan_groups
 
     dev = model.device
@@ -81,14 +80,9 @@ def verdict_logit_shared(model, rows: Sequence[Sequence[int]], groups: Sequence[
     group_of = {i: g for g, (members, _) in enumerate(plan) for i in members}
     p_len = [plan[group_of[i]][1] for i in range(len(rows))]
     prefixes = [list(rows[members[0]][:p]) for members, p in plan]
-    # the beginning all groups share (system text, task) runs once, as one row, before the groups' own parts
-    glob = shared_prefix_len(prefixes) if len(plan) > 1 else 0
-    glob = glob if glob >= MIN_GLOBAL_PREFIX else 0
-    own = [x[glob:] for x in prefixes]
-    o_width = max(len(x) for x in own)
-    width = glob + o_width
-    prefix_mask = torch.tensor([[1] * glob + [0] * (o_width - len(x)) + [1] * len(x) for x in own], device=dev)
-    prefix_ids = torch.tensor([[pad_id] * (o_width - len(x)) + x for x in own], device=dev)
+    width = max(len(x) for x in prefixes)
+    prefix_mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in prefixes], device=dev)
+    prefix_ids = torch.tensor([[pad_id] * (width - len(x)) + x for x in prefixes], device=dev)
     suffixes = [list(rows[i][p_len[i]:]) for i in range(len(rows))]
     s_width = max(len(x) for x in suffixes)
     suffix_ids = torch.tensor([[pad_id] * (s_width - len(x)) + x for x in suffixes], device=dev)
@@ -99,13 +93,8 @@ def verdict_logit_shared(model, rows: Sequence[Sequence[int]], groups: Sequence[
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast and dev.type == "cpu" else contextlib.nullcontext()
     cache, kw = DynamicCache(), cache_kwarg(model)
     with ctx:
-        if glob:
-            model(input_ids=torch.tensor([prefixes[0][:glob]], device=dev), position_ids=torch.arange(glob, device=dev)[None],
-                  attention_mask=torch.ones((1, glob), dtype=torch.long, device=dev), use_cache=True, logits_to_keep=1,
-                  **{kw: cache})
-            cache.reorder_cache(torch.zeros(len(plan), dtype=torch.long, device=dev))  # one row per group
-        model(input_ids=prefix_ids, attention_mask=prefix_mask, use_cache=True, logits_to_keep=1,
-              position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0)[:, glob:], **{kw: cache})
+        model(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0),
+              use_cache=True, logits_to_keep=1, **{kw: cache})
         cache.reorder_cache(index)  # one cache row per prompt
         out = model(input_ids=suffix_ids, attention_mask=mask, position_ids=position_ids, use_cache=True,
                     logits_to_keep=1, output_hidden_states=True, **{kw: cache})

@@ -49,7 +49,7 @@ class Explained:
     complete: bool
     regenerated: bool
     anchor: str | None  # the history title the served opening named (None: the explainer chose the reason)
-    embedding: np.ndarray  # all-MiniLM-L6-v2 embedding of `text`
+    embedding: np.ndarray  # all-MiniLM-L6-v2 embedding of `text` (empty when ExpCTR-Aug does not read text)
     verdict_logit: float  # the explainer's own z at the end of the prompt (whatever verdict the score chose)
     facts: dict[str, float]  # the numbers the prompt states (`expctr.llm.prompts.prompt_facts`)
     cached: bool = False
@@ -82,12 +82,15 @@ def explainer_dtype(setting: str, device: str, packaged: str) -> str:
 
 
 class Explainer:
-    """The explainer LLM (base + merged adapter) and the sentence encoder, loaded on first use, with the
-    explanation cache and batcher in front of them."""
+    """The explainer LLM (base + merged adapter) and, where ExpCTR-Aug reads it, the sentence encoder, loaded on
+    first use, with the explanation cache and batcher in front of them."""
 
     def __init__(self, bundle_dir: Path, manifest: dict[str, Any], limits: ServingParams, catalogue: Catalogue,
-                 device: str = "cpu"):
+                 device: str = "cpu", embeds: bool = True):
         self.dir, self.manifest, self.limits, self.device = bundle_dir, manifest, limits, device
+        # the sentence encoder runs only for a packaged ExpCTR-Aug that reads the explanation's embedding (the
+        # default reads the verdict logit and the facts): it is not loaded, and a slate does not wait for it
+        self.embeds = bool(embeds)
         self.catalogue = catalogue
         self.title_index = TitleIndex.from_catalogue(catalogue.titles, catalogue.years)
         self.cache = ExplanationCache(limits.explanation_cache_size)
@@ -105,7 +108,7 @@ class Explainer:
                 dtype = explainer_dtype(self.limits.explainer_dtype, self.device, self.manifest["llm"]["dtype"])
                 llm = LLMParams(dtype=dtype, device=self.device, threads=self.limits.threads)
                 self.model = load_explainer(self.dir / "llm" / "base", self.dir / "llm" / "adapter", llm)
-            if self.encoder is None:
+            if self.encoder is None and self.embeds:
                 from sentence_transformers import SentenceTransformer
 
                 self.encoder = SentenceTransformer(str(self.dir / "encoder"), device=self.device,
@@ -118,7 +121,7 @@ class Explainer:
 
     @property
     def loaded(self) -> bool:
-        return self.model is not None and self.encoder is not None
+        return self.model is not None and (self.encoder is not None or not self.embeds)
 
     def history_items(self, history: tuple[tuple[int, bool], ...]) -> list[Item]:
         out = []
@@ -128,6 +131,8 @@ class Explainer:
         return out
 
     def _embed(self, texts: list[str]) -> np.ndarray:
+        if not self.embeds:
+            return np.zeros((len(texts), 0), dtype=np.float32)
         emb = self.encoder.encode(list(texts), convert_to_numpy=True, normalize_embeddings=True,
                                   show_progress_bar=False)
         return np.asarray(emb, dtype=np.float32)

@@ -66,7 +66,8 @@ class ModelPair:
         self.lookup = Lookup(self.catalogue, self.users, float(self.manifest["click_threshold"]),
                              tuple(self.manifest.get("rating_range", (-math.inf, math.inf))), self.k,
                              self.limits.max_history)
-        self.explainer = Explainer(self.dir, self.manifest, self.limits, self.catalogue, device)
+        self.explainer = Explainer(self.dir, self.manifest, self.limits, self.catalogue, device,
+                                   embeds=any(name == "text" for name, _ in self.aug.blocks))
         self.versions = versions(self.manifest)
         self.prefix = self.manifest["explanation_prefix"]
 
