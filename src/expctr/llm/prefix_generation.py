@@ -10,7 +10,7 @@ each group's key/value cache is repeated for its prompts:
             + padding (masked) + suffix_i
 
 The batch-wide beginning (system text and task, ~54 tokens: the same for every user) runs once, as one row
-(`bench/global_prefix.py`: ExpCTR-Aug readings 1.24x, test explanations 1.18x faster).
+(`bench/global_prefix.py`, warmed up and alternated: ExpCTR-Aug readings 1.13x, test explanations 1.19x faster).
 
 Several users' requests can so share one decoding batch (the service merges concurrent cold requests). The
 attention mask hides the padding, and each row's positions are counted over its own real tokens, so every
