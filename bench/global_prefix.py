@@ -3,17 +3,18 @@
 Every explainer prompt starts with the same ~54 tokens (system text, task) and every judge prompt with the
 same system text and question; the readers prefill them once per batch, as one row, before each group's own
 prefix (`expctr.llm.judge.MIN_GLOBAL_PREFIX`). This bench times the three pipeline readers with that level on
-and off, on the same pairs (after a warm-up, alternated off/on/on/off), and compares what they read: the ExpCTR-Aug verdict reading of valid pairs (no
-decoding), the test explanations (prefill, opening, greedy reason) and the judge's reading of them.
+and off, on the same pairs (after a warm-up, alternated off/on/on/off), and compares what they read: the
+ExpCTR-Aug verdict reading of valid pairs (no decoding), the test explanations (prefill, opening, greedy
+reason) and the judge's reading of the same texts.
 
-    .venv/bin/python bench/global_prefix.py --project . --round 3 --pairs 256 \
-        --out bench/results/global_prefix.json
+    .venv/bin/python bench/global_prefix.py --pairs 96 --out bench/results/global_prefix.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     off, on = readings["off"], readings["on"]
     total = {label: {part: sum(v) for part, v in parts.items()} for label, parts in seconds.items()}
     result = {
-        "command": recorded_command("global_prefix.py", argv if argv is not None else __import__("sys").argv[1:]),
+        "command": recorded_command("global_prefix.py", argv if argv is not None else sys.argv[1:]),
         "round": args.round, "pairs": args.pairs, "threads": llm.threads, "dtype": llm.dtype,
         "order": "off, on, on, off after a warm-up", "seconds_off": seconds["off"], "seconds_on": seconds["on"],
         "speedup": {k: round(total["off"][k] / total["on"][k], 2) for k in total["off"]},
