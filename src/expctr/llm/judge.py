@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
+from expctr.llm.attention import plain_attention
 from expctr.llm.prompts import READOUT_AFTER_EXPLANATION, Message, encode_messages
 
 YES_WORDS = (" Yes", " yes")
@@ -86,7 +87,7 @@ def judge_yes_no_logits(model, tokenizer, messages_batch: Sequence[Sequence[Mess
     out = np.zeros((len(encoded), 2), dtype=np.float64)
     yes_idx = torch.tensor(ids.yes, device=model.device)
     no_idx = torch.tensor(ids.no, device=model.device)
-    with torch.inference_mode():
+    with torch.inference_mode(), plain_attention():
         bar = tqdm(total=len(encoded), desc="judge", disable=not progress, unit="prompt")
         for b in range(0, len(order), batch_size):
             idx = order[b:b + batch_size]
@@ -177,6 +178,7 @@ def judge_yes_no_logits_grouped(model, tokenizer, groups: Sequence[Sequence[Sequ
     no_idx = torch.tensor(ids.no, device=dev)
     # batches of trees with similar suffix widths, then similar shared parts (as `generate_opened` batches): every
     # padded position costs what a real one does
+    # each group's shared part: its common prefix, leaving each of its prompts at least one token
     shared_of = {g: shared_prefix_len(encoded[g]) for gs in trees.values() for g in gs}
     order = sorted(trees.values(), key=lambda gs: (-max(len(e) - shared_of[g] for g in gs for e in encoded[g]),
                                                    -max(shared_of[g] for g in gs)))
@@ -195,19 +197,17 @@ def judge_yes_no_logits_grouped(model, tokenizer, groups: Sequence[Sequence[Sequ
         cache.reorder_cache(torch.tensor(index, device=dev))
         return [m[index] for m in masks]
 
-    with torch.inference_mode():
+    with torch.inference_mode(), plain_attention():
         from transformers import DynamicCache
 
         bar = tqdm(total=sum(len(g) for g in encoded), desc="judge", disable=not progress, unit="prompt")
         for b in range(0, len(order), batch_size):
             batch = order[b:b + batch_size]
             rows = [(t, g, j) for t, gs in enumerate(batch) for g in gs for j in range(len(encoded[g]))]
-            # each group's shared part: its common prefix, leaving each of its prompts at least one token
-            shared = {g: shared_of[g] for gs in batch for g in gs}
             # level 0: each tree's common prefix; with an outer level it stops a token short of every group's
             # shared part, so that each group has a part of its own (level 1) before its prompts' suffixes
             members = [[encoded[g][j] for g in gs for j in range(len(encoded[g]))] for gs in batch]
-            cut0 = [min(common_prefix_len(m), min(shared[g] for g in gs) - (outer is not None))
+            cut0 = [min(common_prefix_len(m), min(shared_of[g] for g in gs) - (outer is not None))
                     for m, gs in zip(members, batch)]
             if min(cut0) < 1:
                 raise ValueError("every judge prompt needs at least three tokens")
@@ -227,7 +227,7 @@ def judge_yes_no_logits_grouped(model, tokenizer, groups: Sequence[Sequence[Sequ
             else:  # level 1: each group's own shared part after its tree's prefix (its pair's target line)
                 nodes = list(dict.fromkeys((t, g) for t, g, _ in rows))
                 for t, g in nodes:
-                    begin[t, g] = shared[g]
+                    begin[t, g] = shared_of[g]
                 masks = regroup(cache, masks, [t for t, _ in nodes])
                 _, masks = run([encoded[g][0][cut0[t]:begin[t, g]] for t, g in nodes], masks, cache)
                 parent = [nodes.index((t, g)) for t, g, _ in rows]
