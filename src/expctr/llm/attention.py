@@ -1,13 +1,14 @@
 """Attention on a CPU: the plain matmul-softmax kernel where gradients flow and for the judge, SDPA elsewhere.
 
-Why: torch's CPU flash attention (SDPA) is slow to back-propagate and slow on short query blocks. Measured on
-this stack (2 cores, bfloat16, SmolLM2's 9 query / 3 key-value heads of 64; `bench/attention_kernels.py`):
-- with gradients the plain kernel is 2-3x faster for every query length above one (32 x 55 queries over 180
-  keys, forward and backward: 58 -> 23 ms a layer): a verdict step of 8 prompts 3.0 -> 2.2 s, a GRPO step ~5 %;
-- the judge's reads (short segments over a cached prefix) inside `plain_attention()`: explanations -9 %,
-  zero-shot prompts -12 %, bare verdict sentences even;
-- one-token decoding stays on SDPA (0.5 ms against 5.6 ms a layer at 32 rows), and so does generation's
-  prefill (no difference beyond run-to-run noise), so explanations and verdict readings stay bit-identical.
+Why: torch's CPU flash attention (SDPA) is slow to back-propagate. Measured on this stack (2 cores, bfloat16,
+SmolLM2's 9 query / 3 key-value heads of 64; `bench/attention_kernels.py`, bench/results/attention_kernels.json):
+- with gradients the plain kernel is 1.7-3.5x faster for every query length above one (32 x 55 queries over 180
+  keys, forward and backward: 71 -> 28 ms a layer); a verdict step of 8 prompts 2.60 -> 2.33 s alternated on one
+  adapter, the pipeline's verdict steps 607 -> 524 s over three rounds (GRPO steps: no gain measured);
+- the judge's reads inside `plain_attention()`: 1.06-1.10x alternated on 160 pairs, but no gain in the pipeline
+  (its judge stages took the same time), where the plain kernel's scores raised llm_pairs' peak RSS 0.4 GiB;
+- one-token decoding stays on SDPA (1.1 ms against 8.5 ms a layer at 32 rows), and so does generation's
+  prefill, so explanations and verdict readings stay bit-identical.
 The arithmetic is the same either way (transformers' own eager and SDPA paths over one boolean mask): the
 results differ only in float rounding.
 
