@@ -162,8 +162,8 @@ def contiguous_head(model):
 def load_model(model_dir: str | Path, dtype: str = "float32", device: str = "cpu",
                threads: int | None = None):
     """Load a causal LM from a (converted) Hugging Face directory, in eval mode, on `device`; a bfloat16
-    model's output projection reads a contiguous input (`contiguous_head`); on a CPU, attention runs the
-    faster kernel for each call's sizes (`expctr.llm.attention`)."""
+    model's output projection reads a contiguous input (`contiguous_head`); on a CPU, attention takes the plain
+    kernel where gradients flow and in the judge, SDPA elsewhere (`expctr.llm.attention`)."""
     from transformers import AutoModelForCausalLM
 
     set_threads(threads)

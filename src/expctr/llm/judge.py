@@ -176,10 +176,10 @@ def judge_yes_no_logits_grouped(model, tokenizer, groups: Sequence[Sequence[Sequ
     dev, pad = model.device, tokenizer.pad_token_id
     yes_idx = torch.tensor(ids.yes, device=dev)
     no_idx = torch.tensor(ids.no, device=dev)
-    # batches of trees with similar suffix widths, then similar shared parts (as `generate_opened` batches): every
-    # padded position costs what a real one does
     # each group's shared part: its common prefix, leaving each of its prompts at least one token
     shared_of = {g: shared_prefix_len(encoded[g]) for gs in trees.values() for g in gs}
+    # batches of trees with similar suffix widths, then similar shared parts (as `generate_opened` batches): every
+    # padded position costs what a real one does
     order = sorted(trees.values(), key=lambda gs: (-max(len(e) - shared_of[g] for g in gs for e in encoded[g]),
                                                    -max(shared_of[g] for g in gs)))
 
