@@ -37,6 +37,7 @@ def _label(value: str) -> str:
 
 LOCK = Path("requirements/project.lock.txt")
 DVC_LOCK = Path("requirements/dvc.lock.txt")
+PIN = "pinned_model.txt"  # the model tag the built service serves (bento/service.py reads it)
 IMAGE_SETUP = Path("docker/bento_setup.sh")
 
 
@@ -125,9 +126,11 @@ def build_bento(root: Path, params, model_tag: str, version: str | None = None) 
     with tempfile.TemporaryDirectory(prefix="expctr-bento-") as tmp:
         ctx = Path(tmp)
         shutil.copy2(HERE / "service.py", ctx / "service.py")
+        (ctx / PIN).write_text(f"{model_tag}\n")  # the service serves this model, not the store's latest
         shutil.copytree(HERE.parent / "src" / "expctr", ctx / "expctr",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))  # the library of this checkout
         config = yaml.safe_load((HERE / "bentofile.yaml").read_text())
+        config["include"] = [*config["include"], PIN]
         add_locked_environment(config, ctx, HERE.parent, root / params.data.cache_dir)
         (ctx / "bentofile.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         with contextlib.chdir(ctx):  # BentoML takes wheels and the setup script only from under the cwd

@@ -13,7 +13,9 @@ guard. The endpoints return the response model's JSON as a ready `Response`. Exp
 explainer through `ModelPair.batcher`: identical explanations in flight are coalesced, concurrent cold ones
 batched together; its counts are the `expctr_explainer` gauge on /metrics.
 
-The packaged model is `expctr_pair:latest` in the BentoML model store (override: EXPCTR_MODEL_TAG).
+The packaged model is the one the Bento was built with (its tag in `pinned_model.txt`, written by
+bento/package.py), so serving an older Bento from a store that holds newer models still serves its own pair;
+EXPCTR_MODEL_TAG overrides it, and a service run from this directory (no pin) takes `expctr_pair:latest`.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ from expctr.serving.schemas import (
     PredictResponse,
 )
 
-MODEL_TAG = os.environ.get("EXPCTR_MODEL_TAG", "expctr_pair:latest")
+PIN = Path(__file__).with_name("pinned_model.txt")
+MODEL_TAG = os.environ.get("EXPCTR_MODEL_TAG") or (PIN.read_text().strip() if PIN.exists() else "expctr_pair:latest")
 ROUTES = {"/predict": PredictRequest, "/explain": ExplainRequest}
 
 
@@ -104,6 +107,7 @@ class ExpCTR:
     pair_model = BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
+        print(f"expctr: serving model {self.pair_model.tag}", flush=True)  # which pair, in the server log
         self.pair = ModelPair(self.pair_model.path, limits=LIMITS)
         self._batched = None
         self._scoring = 0  # CTR requests being scored now (event-loop only, so a plain int)

@@ -83,6 +83,9 @@ class LLMParams(_Strict):
     target_stats: bool = True  # state the target's viewers and share of likes (before the pair's time)
     max_new_tokens: int = Field(default=40, ge=4)
     gen_batch_size: int = Field(default=8, ge=1)
+    # consecutive prefill batches are decoded together up to this many rows (None: gen_batch_size); a CPU decodes
+    # more rows a step for nearly the same time, but prefills best at ~32 rows
+    decode_batch_size: int | None = Field(default=None, ge=1)
     judge_batch_size: int = Field(default=8, ge=1)
     # how the explainer's turn is opened before its reason, in RL, the rounds' explanations and serving
     # (expctr.llm.openings): verdict | anchored (verdict, title, a history item on the verdict's side)
@@ -146,6 +149,9 @@ class RLParams(_Strict):
     # GRPO step in bfloat16 autocast: auto = on CPUs with native BF16 (here 21.2 -> 18.6 s a step), off on an
     # AVX2-only CPU (~8x slower there) and on a GPU unless set (the GPU profile sets true)
     bf16: bool | Literal["auto"] = "auto"
+    # with bf16: GRPO samples its completions from a merged bfloat16 copy of the policy (expctr.explainer.grpo),
+    # not through the policy's float32 weights and unmerged LoRA layers
+    merged_rollouts: bool = True
     gradient_checkpointing: bool = False
 
 

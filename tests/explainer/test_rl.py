@@ -21,7 +21,14 @@ from expctr.config import LLMParams, RLParams
 from expctr.data.pairs import attach_items, sample_pairs
 from expctr.errors import ExpCTRError
 from expctr.explainer.dataset import ID_COLUMNS, build_prompt_dataset
-from expctr.explainer.grpo import grpo_config, micro_batch_size, train_policy
+from expctr.explainer.grpo import (
+    grpo_bf16,
+    grpo_config,
+    micro_batch_size,
+    refresh_rollout_copy,
+    rollout_copy,
+    train_policy,
+)
 from expctr.explainer.lora import adapter_weights
 from expctr.explainer.rl import run_rl_stage
 from expctr.llm.adapters import ADAPTER_FILES, load_explainer, save_adapter
@@ -189,6 +196,37 @@ def test_one_step_moves_lora_and_keeps_every_base_weight(trained):
     assert set(after) == set(before)
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed == []
+
+
+def test_rollouts_come_from_a_merged_copy_that_follows_the_policy(trained, tokenizer):
+    """With bf16 autocast the completions are sampled from a merged copy: it reads what the policy reads, and
+    after the adapter moves, a refresh makes it read the moved policy again."""
+    policy = trained["policy"]
+    assert trained["summary"]["rollouts"] == ("merged_bfloat16_copy" if grpo_bf16(RL, LLM) else "policy")
+    ids = tokenizer(["The user will enjoy \"Heat\" because"], return_tensors="pt")["input_ids"]
+    plain = rollout_copy(policy, torch.float32)  # float32 here: equal to the policy's reading, not only close
+
+    def agree():
+        with torch.inference_mode():
+            # the LoRA-injected model itself: accelerate left the PeftModel's forward in bf16 autocast
+            ref = policy.get_base_model()(input_ids=ids).logits
+            return torch.allclose(plain(input_ids=ids).logits, ref, atol=1e-3)
+
+    def shift(by: float):
+        with torch.no_grad():
+            for n, w in policy.named_parameters():
+                if "lora_B" in n:
+                    w.add_(by)
+
+    policy.eval()
+    assert agree() and not any("lora_" in n for n, _ in plain.named_parameters())
+    shift(0.05)
+    try:
+        assert not agree()
+        assert refresh_rollout_copy(plain, policy) == 2 * policy.config.num_hidden_layers  # q_proj, v_proj
+        assert agree()
+    finally:
+        shift(-0.05)  # the fixture's policy, as the other tests expect it
 
 
 def test_step_logs_and_reward_kwargs(trained, dataset):

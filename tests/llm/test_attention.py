@@ -1,9 +1,7 @@
 """The CPU attention choice (`expctr.llm.attention`) on the real embedded LLM: reads stay bit-identical to SDPA,
-training and the judge's plain-kernel reads agree with SDPA to float32 rounding, one-token steps stay on SDPA."""
+training agrees with SDPA to float32 rounding, one-token steps and the judge's reads stay on SDPA."""
 
 from __future__ import annotations
-
-import contextlib
 
 import pytest
 import torch
@@ -12,7 +10,7 @@ from support import TEST_THREADS
 from expctr.config import RLParams
 from expctr.explainer.lora import attach_adapter
 from expctr.explainer.verdict import verdict_logit
-from expctr.llm.attention import ATTENTION, choose, plain_attention
+from expctr.llm.attention import ATTENTION, attention_kernel, choose
 from expctr.llm.base_model import load_model
 from expctr.llm.judge import judge_yes_no_logits, judge_yes_no_logits_grouped
 from expctr.llm.prompts import judge_messages
@@ -20,16 +18,6 @@ from expctr.llm.verdicts import verdict_token_ids
 
 HIST = [{"title": "Toy Story", "year": 1995, "genres": ["Animation", "Comedy"], "liked": True},
         {"title": "Heat", "year": 1995, "genres": ["Action", "Crime"], "liked": False}]
-
-
-@contextlib.contextmanager
-def kernel(model, name: str):
-    """Run `model` with attention implementation `name`, then put ATTENTION back."""
-    model.set_attn_implementation(name)
-    try:
-        yield model
-    finally:
-        model.set_attn_implementation(ATTENTION)
 
 
 def padded(tokenizer, texts):
@@ -43,10 +31,6 @@ def test_choice_rules():
     assert choose(55, grad=True) == "eager"
     assert choose(1, grad=True) == "sdpa"  # a one-token step: SDPA is 10x faster there
     assert choose(55, grad=False) == "sdpa"
-    with plain_attention():
-        assert choose(55, grad=False) == "eager"
-        assert choose(1, grad=False) == "sdpa"
-    assert choose(55, grad=False) == "sdpa"  # the context closes
 
 
 def test_load_model_sets_the_cpu_attention(model):
@@ -59,7 +43,7 @@ def test_reads_are_bit_identical_to_sdpa(model, tokenizer):
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.inference_mode():
         ours = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
-        with kernel(model, "sdpa"):
+        with attention_kernel(model, "sdpa"):
             ref = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
     assert torch.equal(ours, ref)
 
@@ -99,7 +83,7 @@ def test_training_takes_the_plain_kernel_with_sdpas_values_and_gradients(base_mo
         llama.eager_attention_forward = eager
     # the layers with LoRA tensors take the plain kernel; below them nothing needs a gradient (SDPA, as reads)
     assert len(calls) == policy.config.num_hidden_layers - 24
-    with kernel(policy.get_base_model(), "sdpa"):
+    with attention_kernel(policy.get_base_model(), "sdpa"):
         z_ref, grads_ref = run()
     assert torch.allclose(z, z_ref, atol=1e-4), (z, z_ref)
     assert grads.keys() == grads_ref.keys() and grads
@@ -107,14 +91,14 @@ def test_training_takes_the_plain_kernel_with_sdpas_values_and_gradients(base_mo
         assert torch.allclose(grads[n], grads_ref[n], rtol=1e-3, atol=1e-6), n
 
 
-def test_judge_reads_with_the_plain_kernel_agree_with_sdpa(model, tokenizer):
+def test_judge_reads_stay_on_sdpa(model, tokenizer):
     target = {"title": "Casino", "year": 1995, "genres": ["Crime", "Drama"]}
     group = [judge_messages(HIST, target, t, show_history=False)
              for t in ("The user will enjoy \"Casino\" because they like crime films.", None)]
     ours = judge_yes_no_logits_grouped(model, tokenizer, [group, group[:1]])
     plain = judge_yes_no_logits(model, tokenizer, group)
-    with kernel(model, "sdpa"):
+    with attention_kernel(model, "sdpa"):
         ref = judge_yes_no_logits_grouped(model, tokenizer, [group, group[:1]])
     for a, b in zip(ours, ref):
-        assert abs(a - b).max() < 1e-3, (a, b)
-    assert abs(ours[0] - plain).max() < 1e-3
+        assert (a == b).all(), (a, b)  # reads without gradients take SDPA: bit-identical
+    assert abs(ours[0] - plain).max() < 1e-3  # grouped and whole-prompt reads agree

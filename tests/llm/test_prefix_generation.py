@@ -142,3 +142,33 @@ def test_banned_tokens_are_never_decoded_but_the_opening_may_hold_them(llm):
     opened = generate_opened(model, tok, prompts_for(tok, HISTORY)[:2], lambda i, _: ' enjoy "Jumanji" because,',
                              [vt.positive, vt.negative], max_new_tokens=12, banned_token_ids=banned)
     assert opened.openings[0].count('"') == 2 and '"' not in "".join(opened.generation.raw_texts)
+
+
+def test_batches_prefilled_apart_decode_together_as_they_would_apart(llm):
+    """Prefill batches of 2 rows (two users: different prefix and cache widths) decoded as one batch of 6
+    (`decode_batch_size`): the caches are left-padded to one width, and every row writes and pools what it
+    writes and pools when each prefill batch decodes alone; the verdict readings do not move."""
+    import torch
+
+    model, tok = llm
+    other = [Item("Alien", 1979, ("Horror", "Sci-Fi"), True), Item("Grease", 1978, ("Musical",), False)]
+    prompts = prompts_for(tok, HISTORY)[:3] + prompts_for(tok, other)[:3]
+    vt = verdict_token_ids(tok)
+
+    def opening(i, logits):
+        return ' surely enjoy "X" because,' if i % 2 else ' likely not enjoy "X" because'
+
+    def run(decode_batch_size):
+        with recorded_input_shapes(model) as shapes:
+            res = generate_opened(model, tok, prompts, opening, [vt.positive, vt.negative], groups=list("aabccd"),
+                                  max_new_tokens=[14, 6, 14, 14, 3, 14], pool_hidden=True, batch_size=2,
+                                  decode_batch_size=decode_batch_size)
+        return res, max(rows for rows, q in shapes if q == 1)
+
+    apart, apart_rows = run(None)
+    together, together_rows = run(6)
+    assert apart_rows <= 2 and together_rows == 6  # one-token steps: a prefill batch apart, all 6 together
+    assert together.generation == apart.generation and together.openings == apart.openings
+    assert together.first_logits == apart.first_logits
+    for a, b in zip(together.hidden, apart.hidden):
+        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-4)

@@ -40,6 +40,11 @@ def test_package_then_serve_the_bento_over_http(tiny_rounds_project: Path, tmp_p
     listing = subprocess.run([str(Path(sys.executable).with_name("bentoml")), "list", "-o", "json"],
                              capture_output=True, text=True, check=True)
     assert record["bento_tag"] in listing.stdout
+    # a newer pair in the store must not change what the built Bento serves (it pins its own model)
+    subprocess.run([sys.executable, str(REPO_ROOT / "bento" / "package.py"), "--root", str(root), "--no-build",
+                    "--metrics", str(tmp_path / "newer.json")], check=True, capture_output=True)
+    newer = json.loads((tmp_path / "newer.json").read_text())["model_tag"]
+    assert newer != record["model_tag"]
 
     readiness = _readiness()
     port = readiness.free_port()
@@ -53,6 +58,8 @@ def test_package_then_serve_the_bento_over_http(tiny_rounds_project: Path, tmp_p
             readiness.wait_ready(url, readiness.process_stopped(proc), timeout=300)
         except readiness.NotReady as exc:
             pytest.fail(f"{exc}:\n" + (tmp_path / "serve.log").read_text()[-3000:])
+        served_log = (tmp_path / "serve.log").read_text()
+        assert f"serving model {record['model_tag']}" in served_log and newer not in served_log, served_log[-3000:]
         import bentoml
         import polars as pl
 

@@ -55,7 +55,8 @@ def explain_pairs(model, tokenizer, pairs: pl.DataFrame, params: Params, desc: s
     res = generate_opened(model, tokenizer, prompt_token_ids(dataset, tokenizer), opening if write else None,
                           [tokens.positive, tokens.negative], groups=dataset["prefix_group"],
                           max_new_tokens=params.llm.max_new_tokens if write else 0,
-                          pool_hidden=pool_hidden and write, batch_size=params.llm.gen_batch_size, progress=True,
+                          pool_hidden=pool_hidden and write, batch_size=params.llm.gen_batch_size,
+                          decode_batch_size=params.llm.decode_batch_size, progress=True,
                           desc=desc, banned_token_ids=quote_token_ids(tokenizer) if params.llm.quote_free_reason
                           else None, read_states=read_states)
     z = [a - b for a, b in res.first_logits]

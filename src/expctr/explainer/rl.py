@@ -32,6 +32,12 @@ from expctr.llm.prompts import as_item
 from expctr.llm.verdicts import EXPLANATION_PREFIX, verdict_token_ids
 
 
+def verdict_autocast(rl: RLParams, llm: LLMParams) -> bool:
+    """Whether the verdict step runs in bfloat16 autocast: `rl.verdict_dtype` resolves to bfloat16 on weights
+    that are not bfloat16 already."""
+    return inference_dtype(rl.verdict_dtype, llm.device, llm.dtype) == "bfloat16" and llm.dtype != "bfloat16"
+
+
 def run_rl_stage(
     base_model_dir: str | Path,
     out_adapter_dir: str | Path,
@@ -84,7 +90,7 @@ def run_rl_stage(
         if verdict_rewards is None:
             raise ExpCTRError("the verdict step needs the rewards of both verdicts per prompt")
         t0 = time.perf_counter()
-        autocast = inference_dtype(rl.verdict_dtype, llm.device, llm.dtype) == "bfloat16" and llm.dtype != "bfloat16"
+        autocast = verdict_autocast(rl, llm)
         verdict_logs = train_verdicts(policy, tokenizer, prompt_token_ids(verdict_dataset, tokenizer),
                                       verdict_rewards[0], verdict_rewards[1], learning_rate=rl.verdict_lr,
                                       batch_size=rl.verdict_batch_size, temperature=rl.verdict_temperature,

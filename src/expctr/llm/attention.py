@@ -1,12 +1,13 @@
-"""Attention on a CPU: the plain matmul-softmax kernel where gradients flow and for the judge, SDPA elsewhere.
+"""Attention on a CPU: the plain matmul-softmax kernel where gradients flow, SDPA elsewhere.
 
 Why: torch's CPU flash attention (SDPA) is slow to back-propagate. Measured on this stack (2 cores, bfloat16,
 SmolLM2's 9 query / 3 key-value heads of 64; `bench/attention_kernels.py`, bench/results/attention_kernels.json):
 - with gradients the plain kernel is 1.7-3.5x faster for every query length above one (32 x 55 queries over 180
   keys, forward and backward: 71 -> 28 ms a layer); a verdict step of 8 prompts 2.60 -> 2.33 s alternated on one
   adapter, the pipeline's verdict steps 607 -> 524 s over three rounds (GRPO steps: no gain measured);
-- the judge's reads inside `plain_attention()`: 1.06-1.10x alternated on 160 pairs, but no gain in the pipeline
-  (its judge stages took the same time), where the plain kernel's scores raised llm_pairs' peak RSS 0.4 GiB;
+- the judge's reads stay on SDPA: the plain kernel read them 1.06-1.10x faster alternated on 160 pairs, but gave
+  no gain in the pipeline (its judge stages took the same time) and its score tensors raised llm_pairs' peak
+  RSS 0.4 GiB (pipeline rerun of 2078a98), so it was taken out again;
 - one-token decoding stays on SDPA (1.1 ms against 8.5 ms a layer at 32 rows), and so does generation's
   prefill, so explanations and verdict readings stay bit-identical.
 The arithmetic is the same either way (transformers' own eager and SDPA paths over one boolean mask): the
@@ -25,22 +26,33 @@ ATTENTION = "expctr_cpu"
 MODEL_TYPES = ("llama",)  # attention without sinks, soft-capping or sliding windows: the two paths agree
 
 
-_PLAIN_READS: list[bool] = []  # open `plain_attention()` contexts
+def choose(queries: int, grad: bool) -> str:
+    """"eager" or "sdpa" for one attention call (see the module docstring)."""
+    return "eager" if queries > 1 and grad else "sdpa"
 
 
 @contextlib.contextmanager
-def plain_attention() -> Iterator[None]:
-    """Inside, reads without gradients take the plain kernel too (one-token steps excepted): the judge's."""
-    _PLAIN_READS.append(True)
+def attention_kernel(model, name: str) -> Iterator:
+    """Run `model` with transformers' attention implementation `name` (e.g. "sdpa" everywhere, for a comparison),
+    then put ATTENTION back."""
+    model.set_attn_implementation(name)
     try:
-        yield
+        yield model
     finally:
-        _PLAIN_READS.pop()
+        model.set_attn_implementation(ATTENTION)
 
 
-def choose(queries: int, grad: bool) -> str:
-    """"eager" or "sdpa" for one attention call (see the module docstring)."""
-    return "eager" if queries > 1 and (grad or bool(_PLAIN_READS)) else "sdpa"
+_ADDITIVE: dict = {}  # the last boolean mask's additive form: one conversion per pass, not one per layer
+
+
+def _additive(mask, dtype):
+    """The additive float mask of a boolean one; every layer of a pass gets the same mask object."""
+    import torch
+
+    if _ADDITIVE.get("mask") is not mask or _ADDITIVE.get("dtype") != dtype:
+        _ADDITIVE.update(mask=mask, dtype=dtype, value=torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+                         .masked_fill_(~mask, torch.finfo(dtype).min))
+    return _ADDITIVE["value"]
 
 
 def _attention(module, query, key, value, attention_mask, **kwargs):
@@ -55,8 +67,7 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
     if attention_mask is None:  # SDPA's mask builder skips a plain causal mask: write it
         attention_mask = torch.ones((q, kv), dtype=torch.bool, device=query.device).tril(kv - q)[None, None]
     if attention_mask.dtype == torch.bool:
-        attention_mask = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device
-                                     ).masked_fill_(~attention_mask, torch.finfo(query.dtype).min)
+        attention_mask = _additive(attention_mask, query.dtype)
     kwargs.pop("is_causal", None)
     return eager_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
@@ -78,4 +89,4 @@ def use_cpu_attention(model):
     return model
 
 
-__all__ = ["ATTENTION", "choose", "plain_attention", "register", "use_cpu_attention"]
+__all__ = ["ATTENTION", "attention_kernel", "choose", "register", "use_cpu_attention"]

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from expctr.llm.attention import plain_attention
 from expctr.llm.prompts import READOUT_AFTER_EXPLANATION, Message, encode_messages
 
 YES_WORDS = (" Yes", " yes")
@@ -87,7 +86,7 @@ def judge_yes_no_logits(model, tokenizer, messages_batch: Sequence[Sequence[Mess
     out = np.zeros((len(encoded), 2), dtype=np.float64)
     yes_idx = torch.tensor(ids.yes, device=model.device)
     no_idx = torch.tensor(ids.no, device=model.device)
-    with torch.inference_mode(), plain_attention():
+    with torch.inference_mode():
         bar = tqdm(total=len(encoded), desc="judge", disable=not progress, unit="prompt")
         for b in range(0, len(order), batch_size):
             idx = order[b:b + batch_size]
@@ -197,7 +196,7 @@ def judge_yes_no_logits_grouped(model, tokenizer, groups: Sequence[Sequence[Sequ
         cache.reorder_cache(torch.tensor(index, device=dev))
         return [m[index] for m in masks]
 
-    with torch.inference_mode(), plain_attention():
+    with torch.inference_mode():
         from transformers import DynamicCache
 
         bar = tqdm(total=sum(len(g) for g in encoded), desc="judge", disable=not progress, unit="prompt")
