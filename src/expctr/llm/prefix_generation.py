@@ -140,7 +140,7 @@ def generate_opened(model, tokenizer, prompts: Sequence[str | Sequence[int]],
     decoded after the opening (the opening itself is given text and may hold them). `read_states` also returns
     the last-layer state where the logits are read (the explainer's state at its verdict).
     `decode_batch_size` (default: `batch_size`): consecutive prefilled batches are decoded together up to about
-    this many rows (a CPU decodes 64 rows a step in about the time of 32, but prefills best at ~32).
+    this many rows (a decoding step's fixed part is shared by more rows; prefill is best at ~32 rows).
     """
     import numpy as np
 
@@ -241,8 +241,9 @@ class _Decoding:
 
 def _merged(parts: list[_Decoding]) -> _Decoding:
     """One decoding batch from several prefilled ones: each cache and mask left-padded (masked zeros) to the
-    widest, then stacked. Decoding steps cost about the same at 32 rows as at 64 on a CPU (the weights are read
-    once a step either way), while prefill is best at ~32 rows."""
+    widest, then stacked. A decoding step costs a fixed part (the weights read once, ~30 layers of small ops)
+    plus a part per row (`bench/decode_batches.py`: 256 test pairs decoded in 15.6 s at 32 rows, 10.7 s at 128),
+    while prefill is best at ~32 rows."""
     import torch
 
     if len(parts) == 1:
