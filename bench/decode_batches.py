@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     import polars as pl
 
     from expctr.explainer.explain import explain_pairs
+    from expctr.io import write_json
     from expctr.llm.prefix_generation import forward_seconds
 
     params, paths, _, explainer, tokenizer = round_explainer(args.project, args.round)
@@ -64,9 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(args.out)
+        write_json(args.out, result)
     print(json.dumps(result["mean"], indent=2))
     return result
 

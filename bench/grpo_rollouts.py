@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     from expctr.explainer.grpo import grpo_bf16, train_policy
     from expctr.explainer.lora import attach_adapter
     from expctr.explainer.rounds import ADAPTER
+    from expctr.io import write_json
     from expctr.llm.base_model import load_model, load_tokenizer
     from expctr.llm.openings import quote_token_ids
     from expctr.llm.verdicts import EXPLANATION_PREFIX
@@ -85,9 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(args.out)
+        write_json(args.out, result)
     print(json.dumps(result["mean_step_s"], indent=2))
     return result
 
