@@ -83,8 +83,8 @@ class LLMParams(_Strict):
     target_stats: bool = True  # state the target's viewers and share of likes (before the pair's time)
     max_new_tokens: int = Field(default=40, ge=4)
     gen_batch_size: int = Field(default=8, ge=1)
-    # consecutive prefill batches are decoded together up to this many rows (None: gen_batch_size); a CPU decodes
-    # more rows a step for nearly the same time, but prefills best at ~32 rows
+    # consecutive prefill batches are decoded together up to this many rows (None: gen_batch_size): a decoding
+    # step's fixed part is shared by more rows, prefill is best at ~32 (README: at 128 ExpCTR-LLM measured lower)
     decode_batch_size: int | None = Field(default=None, ge=1)
     judge_batch_size: int = Field(default=8, ge=1)
     # how the explainer's turn is opened before its reason, in RL, the rounds' explanations and serving
