@@ -4,7 +4,8 @@ What a new user's `dvc repro` costs. The script clones the project at its commit
 directory, points the clone at this checkout's virtual environments (`scripts/setup.sh` is timed on its own by
 CI, not here) and at its download cache (the embedded data and model wheels: their download is not the
 pipeline's work), then runs every stage of dvc.yaml in the graph's order with `dvc repro --single-item`, one at
-a time, timing each and reading its process tree's peak RSS (`os.wait4`). The sum is what `dvc repro` takes:
+a time, timing each and reading its largest process's peak RSS (`os.wait4`) and, sampled each second, the
+summed proportional set size of its whole process tree (a stage may run processes side by side). The sum is what `dvc repro` takes:
 DVC runs one stage at a time in one workspace. Run it with nothing else on the machine.
 
 Usage:  .venv/bin/python bench/pipeline_bench.py [--tmp DIR] [--keep] [--stages raw_data features ...]
@@ -21,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -56,16 +58,53 @@ def stage_order(project: Path) -> list[str]:
     return order
 
 
+def tree_pss_bytes(pid: int) -> int:
+    """Proportional set size of a process and all its descendants (shared pages split between them): the
+    memory a stage holds when it runs several processes side by side, which a single process's RSS misses."""
+    import psutil
+
+    total = 0
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    for p in procs:
+        try:
+            total += p.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return total
+
+
+class TreeMemory(threading.Thread):
+    """Samples `tree_pss_bytes` of a running stage every `interval` seconds, keeping the peak."""
+
+    def __init__(self, pid: int, interval: float = 1.0):
+        super().__init__(daemon=True)
+        self.pid, self.interval, self.peak = pid, interval, 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(self.interval):
+            self.peak = max(self.peak, tree_pss_bytes(self.pid))
+
+
 def run_stage(project: Path, stage: str, log) -> dict:
     env = {**os.environ, "PATH": f"{project / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
     t0 = time.perf_counter()
     proc = subprocess.Popen([str(project / ".venv" / "bin" / "dvc"), "repro", "--single-item", stage], cwd=project,
                             env=env, stdout=log, stderr=subprocess.STDOUT)
+    sampler = TreeMemory(proc.pid)
+    sampler.start()
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
+    sampler.done.set()
+    sampler.join()
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"stage {stage} failed (exit {os.waitstatus_to_exitcode(status)}); see the log")
-    return {"stage": stage, "seconds": round(seconds, 1), "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2)}
+    return {"stage": stage, "seconds": round(seconds, 1), "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2),
+            "peak_tree_pss_gib": round(sampler.peak / 2**30, 2)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,14 +134,16 @@ def main(argv: list[str] | None = None) -> int:
         for stage in order:
             print(f"{stage} ...", flush=True)
             rows.append(run_stage(project, stage, log))
-            print(f"  {rows[-1]['seconds']} s, peak RSS {rows[-1]['peak_rss_gib']} GiB", flush=True)
+            print(f"  {rows[-1]['seconds']} s, peak RSS {rows[-1]['peak_rss_gib']} GiB, tree PSS "
+                  f"{rows[-1]['peak_tree_pss_gib']} GiB", flush=True)
     total = time.perf_counter() - started
     result = {
         "command": recorded_command("pipeline_bench.py", list(argv if argv is not None else sys.argv[1:])),
         "commit": commit, "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         "complete": not args.stages,  # False: only the listed stages ran, the total is theirs alone
         "total_seconds": round(total, 1), "total_minutes": round(total / 60, 1),
-        "peak_rss_gib": max(r["peak_rss_gib"] for r in rows), "stages": rows,
+        "peak_rss_gib": max(r["peak_rss_gib"] for r in rows),
+        "peak_tree_pss_gib": max(r["peak_tree_pss_gib"] for r in rows), "stages": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")

@@ -25,6 +25,7 @@ import yaml
 
 from expctr.config import load_params
 from expctr.io import write_json
+from expctr.serving.bundle import PINNED_MODEL as PIN
 from expctr.serving.bundle import dir_digest, dvc_lock_hashes, git_commit, write_bundle
 
 HERE = Path(__file__).resolve().parent
@@ -37,7 +38,6 @@ def _label(value: str) -> str:
 
 LOCK = Path("requirements/project.lock.txt")
 DVC_LOCK = Path("requirements/dvc.lock.txt")
-PIN = "pinned_model.txt"  # the model tag the built service serves (bento/service.py reads it)
 IMAGE_SETUP = Path("docker/bento_setup.sh")
 
 

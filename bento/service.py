@@ -34,6 +34,7 @@ from pydantic import BaseModel
 from starlette.responses import Response
 
 from expctr.config import ServingParams
+from expctr.serving.bundle import PINNED_MODEL
 from expctr.serving.errors import RequestError
 from expctr.serving.guard import RequestGuard, json_payload
 from expctr.serving.id_scoring import concat_rows, scoring_thread
@@ -47,7 +48,7 @@ from expctr.serving.schemas import (
     PredictResponse,
 )
 
-PIN = Path(__file__).with_name("pinned_model.txt")
+PIN = Path(__file__).with_name(PINNED_MODEL)
 MODEL_TAG = os.environ.get("EXPCTR_MODEL_TAG") or (PIN.read_text().strip() if PIN.exists() else "expctr_pair:latest")
 ROUTES = {"/predict": PredictRequest, "/explain": ExplainRequest}
 

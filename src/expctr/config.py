@@ -59,6 +59,9 @@ class CTRParams(_Strict):
     max_epochs: int = Field(default=8, ge=1)
     patience: int = Field(default=2, ge=1)
     threads: int = Field(default=2, ge=1)
+    # the compared models train in this many processes of threads // side_by_side threads each, side by side
+    # (on a CPU small models use two threads poorly; one process when launched data-parallel or on a GPU)
+    side_by_side: int = Field(default=1, ge=1)
     device: str = "cpu"
 
     @model_validator(mode="after")
@@ -87,6 +90,9 @@ class LLMParams(_Strict):
     # step's fixed part is shared by more rows, prefill is best at ~32 (README: at 128 ExpCTR-LLM measured lower)
     decode_batch_size: int | None = Field(default=None, ge=1)
     judge_batch_size: int = Field(default=8, ge=1)
+    # llm_pairs' and the rounds' reads and explanations run in this many processes of threads // side_by_side
+    # threads each (expctr.llm.side_by_side: on a CPU faster than one process of all threads; on a GPU keep 1)
+    side_by_side: int = Field(default=1, ge=1)
     # how the explainer's turn is opened before its reason, in RL, the rounds' explanations and serving
     # (expctr.llm.openings): verdict | anchored (verdict, title, a history item on the verdict's side)
     reason_opening: Literal["verdict", "anchored"] = "anchored"

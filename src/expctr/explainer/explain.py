@@ -14,6 +14,7 @@ report - reads the same thing.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -26,6 +27,7 @@ from expctr.llm.explanations import explanation_of, stance
 from expctr.llm.openings import opening_for, quote_token_ids
 from expctr.llm.prefix_generation import generate_opened
 from expctr.llm.prompts import FACT_NAMES, as_item
+from expctr.llm.side_by_side import ModelLoader, SideBySide, cut_points
 from expctr.llm.verdicts import EXPLANATION_PREFIX, grade_of, verdict_opening, verdict_token_ids
 
 KEEP = ("user_id", "item_id", "timestamp", "label", "p_id")
@@ -91,6 +93,26 @@ def explain_pairs(model, tokenizer, pairs: pl.DataFrame, params: Params, desc: s
     return frame
 
 
+def _explain_part(model, tokenizer, pairs: pl.DataFrame, params: Params, desc: str, kwargs: dict) -> pl.DataFrame:
+    return explain_pairs(model, tokenizer, pairs, params, desc, **kwargs)
+
+
+def explain_side_by_side(pool: SideBySide | None, model, tokenizer, load: ModelLoader, pairs: pl.DataFrame,
+                         params: Params, desc: str = "explain", **kwargs) -> pl.DataFrame:
+    """`explain_pairs` with its rows cut into contiguous parts (never inside one user's slate) that run side by
+    side in `pool`'s processes (`expctr.llm.side_by_side`): the first here with `model`, the others on workers
+    holding the model `load` gives (the same one). Rows come back in order. No pool, or an inactive one, runs
+    `explain_pairs` as it is."""
+    slates = list(zip(*(pairs[c].to_list() for c in ("user_id", "timestamp")))) \
+        if {"user_id", "timestamp"} <= set(pairs.columns) else list(range(pairs.height))
+    cuts = cut_points(slates, pool.processes) if pool is not None and pool.active else []
+    if not cuts:
+        return explain_pairs(model, tokenizer, pairs, params, desc, **kwargs)
+    bounds = [0, *cuts, pairs.height]
+    parts = [pairs[a:b] for a, b in itertools.pairwise(bounds)]
+    return pl.concat(pool.run(_explain_part, parts, model, tokenizer, load, params, desc, kwargs), how="vertical")
+
+
 def explanation_stats(frame: pl.DataFrame) -> dict[str, float]:
     """Shares of one-sentence / positive / negative / verdict-less explanations, their length, the grades."""
     if frame.height == 0:
@@ -110,4 +132,4 @@ def explanation_stats(frame: pl.DataFrame) -> dict[str, float]:
     }
 
 
-__all__ = ["explain_pairs", "explanation_stats"]
+__all__ = ["explain_pairs", "explain_side_by_side", "explanation_stats"]

@@ -25,6 +25,7 @@ whole. Versioned metrics hold only paths relative to the project root.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from expctr.explainer import rl_launch
 from expctr.explainer.aug_stage import join_explanations, score_variant, train_variants
 from expctr.explainer.dataset import build_prompt_dataset
 from expctr.explainer.evaluate import aug_metrics, llm_metrics
-from expctr.explainer.explain import explain_pairs, explanation_stats
+from expctr.explainer.explain import explain_side_by_side, explanation_stats
 from expctr.explainer.rewards.combine import stage_reward
 from expctr.explainer.rewards.format import FormatReward
 from expctr.explainer.rl import run_rl_stage
@@ -52,6 +53,7 @@ from expctr.io import atomic_path, write_json
 from expctr.llm.adapters import load_explainer
 from expctr.llm.base_model import load_model, load_tokenizer, reading_params
 from expctr.llm.encoder import load_encoder
+from expctr.llm.side_by_side import ModelLoader, SideBySide
 from expctr.llm.verdicts import EXPLANATION_PREFIX
 from expctr.paths import ProjectPaths
 
@@ -158,12 +160,25 @@ def _rl_stages(params: Params, paths: ProjectPaths, k: int, out: Path, tokenizer
     return runs
 
 
+@contextlib.contextmanager
+def _judging(lc, pool: SideBySide, load: ModelLoader):
+    """While the block runs, the judge's large grouped reads (the evaluation's) are split over `pool`."""
+    scorer = lc.scorer
+    scorer.pool, scorer.load = pool, load
+    try:
+        yield
+    finally:
+        scorer.pool, scorer.load = None, None
+
+
 def _round_zero(params: Params, paths: ProjectPaths, test: pl.DataFrame, tokenizer, judge_model, lc,
-                timer: _Timer, started: float) -> dict[str, Any]:
-    with timer.part("explain_test_s"):
-        explained = explain_pairs(judge_model, tokenizer, test, params, "round 0 explain test")
-    with timer.part("judge_s"):
-        evaluation, frame = llm_metrics(test, explained, lc, params)
+                timer: _Timer, started: float, llm) -> dict[str, Any]:
+    base = ModelLoader(paths.base_llm, None, llm)  # round 0's explainer is the judge's model: workers load it once
+    with SideBySide.for_llm(params.llm) as pool:
+        with timer.part("explain_test_s"):
+            explained = explain_side_by_side(pool, judge_model, tokenizer, base, test, params, "round 0 explain test")
+        with timer.part("judge_s"), _judging(lc, pool, base):
+            evaluation, frame = llm_metrics(test, explained, lc, params)
     with atomic_path(paths.explanations(0)) as tmp:
         tmp.mkdir()
         frame.write_parquet(tmp / "test.parquet")
@@ -186,7 +201,7 @@ def run_round(params: Params, paths: ProjectPaths, k: int) -> dict[str, Any]:
     judge_model = load_model(paths.base_llm, dtype=llm.dtype, device=llm.device)
     judge, lc = make_lc(params, tokenizer, judge_model)
     if k == 0:
-        return _round_zero(params, paths, test, tokenizer, judge_model, lc, timer, started)
+        return _round_zero(params, paths, test, tokenizer, judge_model, lc, timer, started, llm)
 
     fmap = FeatureMap.load(paths.ctr_models / "feature_map.json")
     id_model = load_id_model(paths.ctr_models / f"{params.ctr.model}.pt", fmap)
@@ -196,19 +211,23 @@ def run_round(params: Params, paths: ProjectPaths, k: int) -> dict[str, Any]:
     blocks = params.text_ctr.explanation_blocks
     pool_hidden, states = "hidden" in blocks, "state" in blocks
     writes = bool({"text", "hidden"} & set(blocks))  # Aug reads written text: else a verdict reading is enough
-    with atomic_path(paths.round_dir(k)) as out:
+    with atomic_path(paths.round_dir(k)) as out, contextlib.ExitStack() as stack:
         out.mkdir()
         runs = _rl_stages(params, paths, k, out, tokenizer, judge, lc, id_model, init_adapter, timer)
+        pool = stack.enter_context(SideBySide.for_llm(params.llm))  # its workers import while the explainer loads
         explainer, _ = load_explainer(paths.base_llm, out / ADAPTER, llm)
+        load = ModelLoader(paths.base_llm, out / ADAPTER, llm)
         with timer.part("explain_aug_s"):
-            aug_expl = explain_pairs(explainer, tokenizer, aug_pairs, params, f"round {k} explain valid", pool_hidden,
-                                     write=writes, read_states=states)
+            aug_expl = explain_side_by_side(pool, explainer, tokenizer, load, aug_pairs, params,
+                                            f"round {k} explain valid",
+                                            pool_hidden=pool_hidden, write=writes, read_states=states)
         with timer.part("explain_test_s"):
-            test_expl = explain_pairs(explainer, tokenizer, test, params, f"round {k} explain test", pool_hidden,
-                                      read_states=states)
+            test_expl = explain_side_by_side(pool, explainer, tokenizer, load, test, params,
+                                             f"round {k} explain test", pool_hidden=pool_hidden, read_states=states)
             # donors lend the shuffled control their Aug inputs only: written when Aug reads text, else read
-            donor_expl = explain_pairs(explainer, tokenizer, donors, params, f"round {k} explain donors",
-                                       pool_hidden, write=writes, read_states=states) if donors is not None and donors.height else None
+            donor_expl = explain_side_by_side(pool, explainer, tokenizer, load, donors, params,
+                                              f"round {k} explain donors", pool_hidden=pool_hidden, write=writes,
+                                              read_states=states) if donors is not None and donors.height else None
         del explainer
         with timer.part("ctr_stage_s"):
             encoder = load_encoder(paths.resolve(params.data.cache_dir), device=llm.device)
@@ -218,7 +237,7 @@ def run_round(params: Params, paths: ProjectPaths, k: int) -> dict[str, Any]:
             for v, t in trained.items():
                 save_text_ctr(out / AUG_FILES[v], t.model, params.ctr, {"best_epoch": t.best_epoch,
                                                                          "valid_auc": t.valid_auc})
-        with timer.part("judge_s"):
+        with timer.part("judge_s"), _judging(lc, pool, ModelLoader(paths.base_llm, None, llm)):
             evaluation, test_frame = llm_metrics(test, test_expl, lc, params)
         with timer.part("aug_eval_s"):
             test_in = join_explanations(test, test_expl, encoder, blocks, params.seed,

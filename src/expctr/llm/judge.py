@@ -15,6 +15,7 @@ logsumexp of its members.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -256,6 +257,32 @@ def judge_p_yes_grouped(model, tokenizer, groups: Sequence[Sequence[Sequence[Mes
                                                                       progress, outer)]
 
 
+def _grouped_part(model, tokenizer, part, batch_size: int, progress: bool) -> list[np.ndarray]:
+    groups, outer = part
+    return judge_p_yes_grouped(model, tokenizer, groups, batch_size, None, progress, outer)
+
+
+def judge_p_yes_side_by_side(pool, model, tokenizer, load, groups: Sequence[Sequence[Sequence[Message]]],
+                             batch_size: int = 8, progress: bool = False,
+                             outer: Sequence[Hashable] | None = None) -> list[np.ndarray]:
+    """`judge_p_yes_grouped` with the groups cut into contiguous parts (never between groups of one `outer`
+    label) that run side by side in `pool` (`expctr.llm.side_by_side.SideBySide`): the first here with `model`,
+    the others on workers holding the model `load` gives (the same judge). No pool, or an inactive one, runs
+    `judge_p_yes_grouped` as it is."""
+    from expctr.llm.side_by_side import cut_points
+
+    labels = list(outer) if outer is not None else list(range(len(groups)))
+    cuts = cut_points(labels, pool.processes) if pool is not None and pool.active else []
+    if not cuts:
+        return judge_p_yes_grouped(model, tokenizer, groups, batch_size, None, progress, outer)
+    bounds = [0, *cuts, len(groups)]
+    parts = [(list(groups[a:b]), None if outer is None else labels[a:b]) for a, b in itertools.pairwise(bounds)]
+    return [g for done in pool.run(_grouped_part, parts, model, tokenizer, load, batch_size, progress) for g in done]
+
+
+SIDE_BY_SIDE_MIN_GROUPS = 64  # fewer groups (an RL step's completions) are not worth a worker's round trip
+
+
 class JudgeScorer:
     """messages_batch -> P(Yes) array with a causal LM judge, in eval mode, without grad.
 
@@ -264,7 +291,8 @@ class JudgeScorer:
     by prompt (up to `memo_size`), so the LC and IC parts of one stage reward, or a sentence scored twice,
     cost one judge pass. `disable_adapter=True` scores with a peft model's adapter switched off, i.e. with the
     frozen base model under the explainer's LoRA (one copy of the weights in memory). The model's train/eval
-    mode is restored.
+    mode is restored. With `pool` and `load` set (an open `expctr.llm.side_by_side.SideBySide` and the loader
+    of this same judge), grouped reads of at least SIDE_BY_SIDE_MIN_GROUPS groups are split over its processes.
     """
 
     def __init__(self, model, tokenizer, batch_size: int = 8, disable_adapter: bool = False,
@@ -273,6 +301,8 @@ class JudgeScorer:
         self.batch_size, self.disable_adapter = int(batch_size), bool(disable_adapter)
         self.memo_size = int(memo_size)
         self._memo: dict[tuple, float] = {}
+        # set while a `SideBySide` pool is open (with the loader of this same judge): large grouped reads split
+        self.pool, self.load = None, None
 
     def remember(self, messages_batch: Sequence[Sequence[Mapping[str, str]]], p_yes: Sequence[float]) -> None:
         """Store known P(Yes) values (readings precomputed by the same frozen judge, e.g. in llm_pairs)."""
@@ -307,9 +337,11 @@ class JudgeScorer:
                 with ctx:
                     plain = judge_p_yes(self.model, self.tokenizer, [self._messages(k) for k in single],
                                         batch_size=self.batch_size) if single else []
-                    grouped = judge_p_yes_grouped(self.model, self.tokenizer,
-                                                  [[self._messages(k) for k in g] for g in groups],
-                                                  batch_size=self.batch_size) if groups else []
+                    pool = self.pool if len(groups) >= SIDE_BY_SIDE_MIN_GROUPS and not self.disable_adapter \
+                        else None
+                    grouped = judge_p_yes_side_by_side(pool, self.model, self.tokenizer, self.load,
+                                                       [[self._messages(k) for k in g] for g in groups],
+                                                       batch_size=self.batch_size) if groups else []
             finally:
                 if was_training:
                     self.model.train()

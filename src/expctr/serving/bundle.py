@@ -44,6 +44,7 @@ from expctr.llm.verdicts import EXPLANATION_PREFIX
 from expctr.paths import ProjectPaths
 
 MANIFEST = "manifest.json"
+PINNED_MODEL = "pinned_model.txt"  # beside a built Bento's service: the model tag it serves (not the store's latest)
 FORMAT_VERSION = 2  # 2: catalogue viewers / liked_share
 
 
@@ -227,5 +228,5 @@ def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
-__all__ = ["MANIFEST", "catalogue_table", "dir_digest", "dvc_lock_hashes", "git_commit", "item_stats", "read_manifest",
+__all__ = ["MANIFEST", "PINNED_MODEL", "catalogue_table", "dir_digest", "dvc_lock_hashes", "git_commit", "item_stats", "read_manifest",
            "sha256_file", "users_table", "write_bundle"]

@@ -6,8 +6,11 @@ process alone scores the test split and writes models/ctr and the metrics.
 
 from __future__ import annotations
 
+import multiprocessing
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -48,9 +51,12 @@ def run(params: Params, paths: ProjectPaths) -> dict:
     main = distributed.is_main_process()
     if not main:
         del frames  # the other processes need the tensors alone: each holds its own copy in memory
-    trained: dict[str, tuple] = {}
-    for name in p.compare:  # every process: the collective part
-        if name != "popularity":
+    names = [n for n in p.compare if n != "popularity"]
+    if p.side_by_side > 1 and distributed.world_size() == 1 and p.device == "cpu":
+        trained = _train_side_by_side(params, paths, fmap, names)
+    else:
+        trained: dict[str, tuple] = {}
+        for name in names:  # every process: the collective part
             started = time.perf_counter()
             model = build_model(name, fmap, p, seed=params.seed)
             res = fit(model, data["train"], data["valid"], p, params.seed, desc=name, data_parallel=True)
@@ -58,6 +64,41 @@ def run(params: Params, paths: ProjectPaths) -> dict:
     if not main:
         return {}
     return _score_and_write(params, paths, frames, data, trained)
+
+
+_WORKER: dict = {}
+
+
+def _init_trainer(root: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    frames, fmap = load_splits(ProjectPaths(Path(root)))
+    _WORKER.update(fmap=fmap, data={s: CTRData.from_frame(frames[s]) for s in ("train", "valid")})
+
+
+def _train_one(name: str, params: Params) -> tuple[dict, object, float]:
+    started = time.perf_counter()
+    model = build_model(name, _WORKER["fmap"], params.ctr, seed=params.seed)
+    res = fit(model, _WORKER["data"]["train"], _WORKER["data"]["valid"], params.ctr, params.seed, desc=name)
+    return model.state_dict(), res, time.perf_counter() - started
+
+
+def _train_side_by_side(params: Params, paths: ProjectPaths, fmap: FeatureMap, names: list[str]) -> dict[str, tuple]:
+    """Each model trained in one of `ctr.side_by_side` spawned processes of `threads // side_by_side` threads: a
+    CPU runs these small models faster side by side than one after another on all threads (each model's result
+    is its seed's at that thread count, whichever process trains it). Returns (model, fit result, seconds)."""
+    p = params.ctr
+    threads = max(1, p.threads // p.side_by_side)
+    context = multiprocessing.get_context("spawn")  # never fork a process that has started torch's threads
+    with ProcessPoolExecutor(min(p.side_by_side, len(names)), mp_context=context, initializer=_init_trainer,
+                             initargs=(str(paths.root), threads)) as pool:
+        futures = {name: pool.submit(_train_one, name, params) for name in names}
+        trained = {}
+        for name, future in futures.items():
+            state, res, seconds = future.result()
+            model = build_model(name, fmap, p, seed=params.seed)
+            model.load_state_dict(state)
+            trained[name] = (model, res, seconds)
+    return trained
 
 
 def _score_and_write(params: Params, paths: ProjectPaths, frames: dict[str, pl.DataFrame],

@@ -40,8 +40,9 @@ from expctr.data.pairs import (
 from expctr.explainer.baselines import genre_overlap, share_liked
 from expctr.io import atomic_path, write_json
 from expctr.llm.base_model import load_model, load_tokenizer, reading_params
-from expctr.llm.judge import judge_p_yes_grouped
+from expctr.llm.judge import judge_p_yes_side_by_side
 from expctr.llm.prompts import fitted_history, judge_messages
+from expctr.llm.side_by_side import ModelLoader, SideBySide
 from expctr.llm.verdicts import VERDICT_GRADES, verdict_sentence
 from expctr.paths import ProjectPaths
 
@@ -108,23 +109,32 @@ def run(params: Params, paths: ProjectPaths) -> dict:
                                           if df.height else [], dtype=pl.Float32))
              for s, df in pairs.items()}
 
+    with SideBySide.for_llm(params.llm) as pool:  # its workers import while the judge loads
+        return _read_and_write(params, paths, pairs, pool, started)
+
+
+def _read_and_write(params: Params, paths: ProjectPaths, pairs: dict[str, pl.DataFrame], pool: SideBySide,
+                    started: float) -> dict:
+    """The frozen judge's readings (split over `pool`'s processes), then the outputs and metrics."""
     llm = reading_params(params.llm)
     model = load_model(paths.base_llm, llm.dtype, llm.device, llm.threads)
     tokenizer = load_tokenizer(paths.base_llm)
+    base = ModelLoader(paths.base_llm, None, llm)
     budget, batch = params.llm.max_prompt_tokens, params.llm.judge_batch_size
     train = pairs["train"]
     plain = [[verdict_sentence(True, t), verdict_sentence(False, t)] for t in train["target"]]
     # a slate's pairs share the context before their target lines: the judge runs it once per slate (`outer`),
     # each pair's target line once, each sentence's suffix alone
     shown = params.llm.judge_reads_history
-    verdict = np.array(judge_p_yes_grouped(model, tokenizer, judge_groups(train, tokenizer, budget, plain, shown),
-                                           batch_size=batch, progress=True, outer=slate_labels(train)))
+    verdict = np.array(judge_p_yes_side_by_side(pool, model, tokenizer, base,
+                                                judge_groups(train, tokenizer, budget, plain, shown),
+                                                batch_size=batch, progress=True, outer=slate_labels(train)))
     pairs["train"] = train.with_columns(pl.Series("judge_p_yes_pos", verdict[:, 0]),
                                         pl.Series("judge_p_yes_neg", verdict[:, 1]))
     ladder = train.head(GRADE_CHECK_PAIRS)
-    readings = np.array(judge_p_yes_grouped(model, tokenizer, judge_groups(ladder, tokenizer, budget,
-                                                                           grade_sentences(ladder), shown),
-                                            batch_size=batch, progress=True, outer=slate_labels(ladder)))
+    readings = np.array(judge_p_yes_side_by_side(pool, model, tokenizer, base,
+                                                 judge_groups(ladder, tokenizer, budget, grade_sentences(ladder), shown),
+                                                 batch_size=batch, progress=True, outer=slate_labels(ladder)))
 
     test = pairs["test"]
     labels = test["label"].to_numpy()
@@ -135,8 +145,9 @@ def run(params: Params, paths: ProjectPaths) -> dict:
     }
     if params.llm.target_stats:
         rules["item_liked_share"] = [float(r["target"]["liked_share"]) for r in rows]
-    zero = judge_p_yes_grouped(model, tokenizer, judge_groups(test, tokenizer, budget, [[None]] * test.height),
-                               batch_size=batch, progress=True)
+    zero = judge_p_yes_side_by_side(pool, model, tokenizer, base,
+                                    judge_groups(test, tokenizer, budget, [[None]] * test.height),
+                                    batch_size=batch, progress=True)
     p_yes = np.array([z[0] for z in zero])
     pairs["test"] = test.with_columns(pl.Series("p_yes_zero_shot", p_yes),
                                       *[pl.Series(f"rule_{k}", v) for k, v in rules.items()])
