@@ -137,3 +137,20 @@ def test_nested_groups_equal_the_plain_judge(model, tokenizer):
     np.testing.assert_allclose(nested, plain, atol=1e-4)
     with pytest.raises(ValueError, match="outer labels"):
         judge_p_yes_grouped(model, tokenizer, groups, outer=outer[:2])
+
+
+def test_grouped_batches_stop_before_too_many_rows():
+    from expctr.llm.judge import MAX_BATCH_ROWS, _capped_batches
+
+    def size(tree):
+        return tree[1]
+
+    big = [(i, 40) for i in range(16)]  # the grade ladder: 4 pairs x 10 grades a slate
+    batches = _capped_batches(big, 16, size)
+    assert all(sum(size(t) for t in b) <= MAX_BATCH_ROWS for b in batches)
+    assert [t for b in batches for t in b] == big  # order kept, nothing lost
+    assert len(batches[0]) == MAX_BATCH_ROWS // 40
+    small = [(i, 8) for i in range(40)]  # slates of 4 pairs x 2 verdicts: batch_size decides
+    assert [len(b) for b in _capped_batches(small, 16, size)] == [16, 16, 8]
+    huge = [(0, 5), (1, 1000), (2, 5)]  # a tree above the cap gets a batch of its own, never split
+    assert _capped_batches(huge, 16, size) == [[(0, 5)], [(1, 1000)], [(2, 5)]]

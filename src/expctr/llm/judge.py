@@ -141,6 +141,26 @@ def shared_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
 MIN_GLOBAL_PREFIX = 8  # tokens: a batch-wide prefix shorter than this is not worth its own pass
 
 
+MAX_BATCH_ROWS = 256  # prompts a grouped batch scores at once: each holds its own copy of the shared cache rows
+
+
+def _capped_batches(trees: Sequence, batch_size: int, rows_of) -> list[list]:
+    """Consecutive trees in batches of `batch_size`, closed early before one would take a batch past
+    MAX_BATCH_ROWS prompts (a tree is never split). Why: every prompt's row repeats its tree's key/value cache,
+    so a batch of many-prompt trees (the grade ladder: 16 slates x 4 pairs x 10 grades = 640 rows, ~2 GB of
+    cache) sets the stage's peak memory; batches of few-prompt groups are not affected."""
+    batches: list[list] = []
+    rows = 0
+    for tree in trees:
+        n = rows_of(tree)
+        if not batches or len(batches[-1]) >= batch_size or (rows + n > MAX_BATCH_ROWS and batches[-1]):
+            batches.append([])
+            rows = 0
+        batches[-1].append(tree)
+        rows += n
+    return batches
+
+
 def judge_yes_no_logits_grouped(model, tokenizer, groups: Sequence[Sequence[Sequence[Message]]],
                                 batch_size: int = 8, ids: YesNoIds | None = None,
                                 progress: bool = False, outer: Sequence[Hashable] | None = None) -> list[np.ndarray]:
@@ -157,7 +177,7 @@ def judge_yes_no_logits_grouped(model, tokenizer, groups: Sequence[Sequence[Sequ
     history come before each pair's target line): the prompts then run as a tree of three levels - each outer
     prefix once, each group's own part once over it, each prompt's suffix over that - and `batch_size` counts
     outer groups. Below all of it, the beginning that every prompt of a batch shares (the system text and the
-    question) runs once, as one row.
+    question) runs once, as one row. A batch also stops before it would score more than MAX_BATCH_ROWS prompts.
     """
     import torch
 
@@ -201,8 +221,7 @@ def judge_yes_no_logits_grouped(model, tokenizer, groups: Sequence[Sequence[Sequ
         from transformers import DynamicCache
 
         bar = tqdm(total=sum(len(g) for g in encoded), desc="judge", disable=not progress, unit="prompt")
-        for b in range(0, len(order), batch_size):
-            batch = order[b:b + batch_size]
+        for batch in _capped_batches(order, batch_size, lambda gs: sum(len(encoded[g]) for g in gs)):
             rows = [(t, g, j) for t, gs in enumerate(batch) for g in gs for j in range(len(encoded[g]))]
             # level 0: each tree's common prefix; with an outer level it stops a token short of every group's
             # shared part, so that each group has a part of its own (level 1) before its prompts' suffixes
