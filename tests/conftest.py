@@ -70,6 +70,7 @@ TINY_LLM = {
     "rl.max_completion_length": 12, "text_ctr.max_epochs": 2, "text_ctr.folds": 2, "rounds": 2,
     "evaluation.round_test_pairs": 6, "evaluation.bootstrap": 50,
     "ctr.compare": ["popularity", "din"], "ctr.max_epochs": 1,
+    "llm.side_by_side": 2,  # the e2e rounds run their reads side by side, as the default pipeline does
 }
 
 

@@ -40,10 +40,15 @@ def write_ml1m_dat(directory: Path, n_users: int = 40, n_items: int = 30, per_us
     return directory
 
 
+# Tests run each stage in one process unless they exercise side by side (the tiny e2e rounds do, through
+# TINY_LLM): a spawned worker costs a tiny stage ~6 s of imports.
+ONE_PROCESS = {"ctr.side_by_side": 1, "llm.side_by_side": 1}
+
+
 def make_params(root: Path, **overrides) -> dict:
-    """The project's params.yaml with dotted-key overrides, written to root/params.yaml."""
+    """The project's params.yaml with dotted-key overrides (after ONE_PROCESS), written to root/params.yaml."""
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    for key, value in overrides.items():
+    for key, value in {**ONE_PROCESS, **overrides}.items():
         node = params
         *parents, leaf = key.split(".")
         for part in parents:
