@@ -39,10 +39,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def classify(passes: list[tuple[int, int, float]]) -> list[tuple[str, int, int, float]]:
     """(role, rows, positions, seconds) for one request's passes, in order: a first try is prefix (1 row),
-    suffix, opening, then its decoding steps; any later multi-position pass starts a retry."""
+    suffix (with the opening in it, as served since the opening is known before the prefill; before that, the
+    opening in a pass of its own), then its decoding steps; a multi-position pass after decoding starts a retry."""
     out, seen_first_try = [], 0
     for rows, positions, seconds in passes:
-        if positions > 1 and seen_first_try < 3:
+        if positions > 1 and not any(r == "decode" for r, *_ in out):
             role = ("prefix", "suffix", "opening")[seen_first_try]
             seen_first_try += 1
         elif positions > 1:

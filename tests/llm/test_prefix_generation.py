@@ -12,6 +12,7 @@ from expctr.llm.prefix_generation import (
     forward_seconds,
     generate_opened,
     generate_shared_prefix,
+    looping,
     plan_groups,
 )
 from expctr.llm.prompts import Item, explainer_messages, rendered_prompt
@@ -172,3 +173,57 @@ def test_batches_prefilled_apart_decode_together_as_they_would_apart(llm):
     assert together.first_logits == apart.first_logits
     for a, b in zip(together.hidden, apart.hidden):
         assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-4)
+
+
+def test_a_known_opening_is_fed_in_the_suffix_pass_with_what_two_passes_read_and_write(llm):
+    """`opening_known` (the served path: the score chose the verdict): each row's opening rides in the pass of
+    its own suffix, one pass less; the logits read at the prompt's end, the states there, the texts written and
+    the states pooled over the opening and the text are those of a separate opening pass (float32 rounding)."""
+    import torch
+
+    model, tok = llm
+    other = [Item("Alien", 1979, ("Horror", "Sci-Fi"), True), Item("Grease", 1978, ("Musical",), False)]
+    prompts = prompts_for(tok, HISTORY)[:3] + prompts_for(tok, other)[:2]
+    vt = verdict_token_ids(tok)
+    openings = [' surely enjoy "Jumanji" because,', " likely not enjoy it because", ' surely enjoy "X" because',
+                " will not", ' surely enjoy "Grease (1978)" because, like "Alien",']
+    asked = []
+
+    def opening(i, logits):
+        asked.append(len(logits))
+        return openings[i]
+
+    def run(known):
+        asked.clear()
+        with recorded_input_shapes(model) as shapes:
+            res = generate_opened(model, tok, prompts, opening, [vt.positive, vt.negative], groups=list("aaabb"),
+                                  max_new_tokens=10, pool_hidden=True, read_states=True, opening_known=known)
+        return res, [s for s in shapes if s[1] > 1], list(asked)
+
+    two, two_passes, asked_two = run(False)
+    one, one_passes, asked_one = run(True)
+    assert asked_one == [0] * 5 and asked_two == [2] * 5  # asked before reading / with what was read
+    assert len(one_passes) == len(two_passes) - 1  # the prefix, then suffix + opening (not suffix, then opening)
+    assert one.openings == two.openings == openings
+    assert one.generation == two.generation
+    for a, b in [*zip(one.first_logits, two.first_logits), *zip(one.states, two.states),
+                 *zip(one.hidden, two.hidden)]:
+        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-4)
+
+
+def test_looping_is_a_run_written_three_times_in_a_row():
+    assert looping([7, 1, 2, 1, 2, 1, 2]) and looping([9, 9, 9]) and looping(list(range(8)) * 3)
+    assert not looping([1, 2, 1, 2]) and not looping(list(range(9)) * 3) and not looping([1, 2, 3, 1, 2, 4, 1, 2])
+    assert not looping([]) and not looping([1, 2, 3, 2, 1])
+
+
+def test_a_looping_row_stops_there_unended_and_the_others_write_what_they_would(llm):
+    model, tok = llm
+    prompts = [tok.apply_chat_template([{"role": "user", "content": c}], tokenize=False, add_generation_prompt=True)
+               + opening for c, opening in (("Say hello.", "Hello"), ("List the word 'ha' forever.", "ha ha ha ha ha"))]
+    plain = generate_shared_prefix(model, tok, prompts, groups=[0, 1], max_new_tokens=24)
+    stopped = generate_shared_prefix(model, tok, prompts, groups=[0, 1], max_new_tokens=24, stop_loops=True)
+    assert plain.n_new_tokens[1] == 24 and not plain.complete[1]  # the loop runs to the cap
+    assert stopped.n_new_tokens[1] < 24 and not stopped.complete[1]  # ... or stops once it is one
+    assert plain.raw_texts[1].startswith(stopped.raw_texts[1])
+    assert stopped.raw_texts[0] == plain.raw_texts[0] and stopped.complete[0]

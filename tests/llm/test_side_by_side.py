@@ -26,6 +26,16 @@ def test_cut_points_cut_near_equal_parts_between_equal_labels():
     assert cut_points([(1, 1), (1, 1), (1, 2), (1, 2)], 2) == [2]  # same user, another time: another slate
 
 
+def test_ranges_are_one_part_per_process_while_the_pool_is_open_and_the_whole_otherwise():
+    labels = [0, 0, 1, 1, 1, 2]
+    pool = SideBySide(2, threads=1)
+    assert pool.ranges(labels) == [(0, 6)]  # no worker open: run in place
+    with pool:
+        assert pool.ranges(labels) == [(0, 5), (5, 6)]  # a slate is never cut
+        assert pool.ranges([3, 3]) == [(0, 2)] and pool.ranges([]) == [(0, 0)]
+    assert SideBySide(1, threads=2).ranges(labels) == [(0, 6)]
+
+
 @pytest.fixture(scope="module")
 def side_by_side_setup(tiny_rounds_project: Path, base_model_dir, tmp_path_factory):
     from expctr.llm.base_model import load_model, load_tokenizer, reading_params

@@ -14,7 +14,6 @@ report - reads the same thing.
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
@@ -27,7 +26,7 @@ from expctr.llm.explanations import explanation_of, stance
 from expctr.llm.openings import opening_for, quote_token_ids
 from expctr.llm.prefix_generation import generate_opened
 from expctr.llm.prompts import FACT_NAMES, as_item
-from expctr.llm.side_by_side import ModelLoader, SideBySide, cut_points
+from expctr.llm.side_by_side import ModelLoader, SideBySide
 from expctr.llm.verdicts import EXPLANATION_PREFIX, grade_of, verdict_opening, verdict_token_ids
 
 KEEP = ("user_id", "item_id", "timestamp", "label", "p_id")
@@ -105,11 +104,10 @@ def explain_side_by_side(pool: SideBySide | None, model, tokenizer, load: ModelL
     `explain_pairs` as it is."""
     slates = list(zip(*(pairs[c].to_list() for c in ("user_id", "timestamp")))) \
         if {"user_id", "timestamp"} <= set(pairs.columns) else list(range(pairs.height))
-    cuts = cut_points(slates, pool.processes) if pool is not None and pool.active else []
-    if not cuts:
+    ranges = pool.ranges(slates) if pool is not None else []
+    if len(ranges) < 2:
         return explain_pairs(model, tokenizer, pairs, params, desc, **kwargs)
-    bounds = [0, *cuts, pairs.height]
-    parts = [pairs[a:b] for a, b in itertools.pairwise(bounds)]
+    parts = [pairs[a:b] for a, b in ranges]
     return pl.concat(pool.run(_explain_part, parts, model, tokenizer, load, params, desc, kwargs), how="vertical")
 
 

@@ -15,7 +15,6 @@ logsumexp of its members.
 from __future__ import annotations
 
 import contextlib
-import itertools
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -288,14 +287,11 @@ def judge_p_yes_side_by_side(pool, model, tokenizer, load, groups: Sequence[Sequ
     label) that run side by side in `pool` (`expctr.llm.side_by_side.SideBySide`): the first here with `model`,
     the others on workers holding the model `load` gives (the same judge). No pool, or an inactive one, runs
     `judge_p_yes_grouped` as it is."""
-    from expctr.llm.side_by_side import cut_points
-
     labels = list(outer) if outer is not None else list(range(len(groups)))
-    cuts = cut_points(labels, pool.processes) if pool is not None and pool.active else []
-    if not cuts:
+    ranges = pool.ranges(labels) if pool is not None else []
+    if len(ranges) < 2:
         return judge_p_yes_grouped(model, tokenizer, groups, batch_size, None, progress, outer)
-    bounds = [0, *cuts, len(groups)]
-    parts = [(list(groups[a:b]), None if outer is None else labels[a:b]) for a, b in itertools.pairwise(bounds)]
+    parts = [(list(groups[a:b]), None if outer is None else labels[a:b]) for a, b in ranges]
     return [g for done in pool.run(_grouped_part, parts, model, tokenizer, load, batch_size, progress) for g in done]
 
 

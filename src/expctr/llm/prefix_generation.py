@@ -108,7 +108,8 @@ class OpenedResult:
 def generate_shared_prefix(model, tokenizer, prompts: Sequence[str | Sequence[int]], *, groups: Sequence[Hashable] | None = None,
                            max_new_tokens: int | Sequence[int] = 48, do_sample: bool = False,
                            temperature: float = 1.0, seed: int = 0, seeds: Sequence[int] | None = None,
-                           min_prefix: int = 8, banned_token_ids: Sequence[int] | None = None) -> GenerationResult:
+                           min_prefix: int = 8, banned_token_ids: Sequence[int] | None = None,
+                           stop_loops: bool = False) -> GenerationResult:
     """The first sentence per prompt (greedy unless `do_sample`), all prompts in one batch. A prompt is
     rendered text (tokenised without adding special tokens) or its token ids.
 
@@ -116,10 +117,11 @@ def generate_shared_prefix(model, tokenizer, prompts: Sequence[str | Sequence[in
     `max_new_tokens` may differ per prompt. Sampling draws each row from its own generator seeded with
     `seeds[i]` (default `seed + i`), so a row's text does not depend on what it was batched with.
     `banned_token_ids` are never generated (e.g. `expctr.llm.openings.quote_token_ids`: a quote-free reason).
+    `stop_loops`: a row caught in a loop (`looping`) stops there, unended, rather than at its cap.
     """
     return _generate(model, tokenizer, prompts, groups=groups, max_new_tokens=max_new_tokens, do_sample=do_sample,
                      temperature=temperature, seed=seed, seeds=seeds, min_prefix=min_prefix,
-                     banned_token_ids=banned_token_ids)[0]
+                     banned_token_ids=banned_token_ids, stop_loops=stop_loops)[0]
 
 
 def generate_opened(model, tokenizer, prompts: Sequence[str | Sequence[int]],
@@ -128,7 +130,8 @@ def generate_opened(model, tokenizer, prompts: Sequence[str | Sequence[int]],
                     max_new_tokens: int | Sequence[int] = 48, pool_hidden: bool = False, batch_size: int = 32,
                     min_prefix: int = 8, progress: bool = False, desc: str = "explain",
                     banned_token_ids: Sequence[int] | None = None, read_states: bool = False,
-                    decode_batch_size: int | None = None) -> OpenedResult:
+                    decode_batch_size: int | None = None, opening_known: bool = False,
+                    stop_loops: bool = False) -> OpenedResult:
     """Greedy first sentences, each row continued from an opening chosen after reading the prompt.
 
     For every prompt: prefill it (shared prefixes once per group), read the logits of `first_token_ids` at its
@@ -141,6 +144,11 @@ def generate_opened(model, tokenizer, prompts: Sequence[str | Sequence[int]],
     the last-layer state where the logits are read (the explainer's state at its verdict).
     `decode_batch_size` (default: `batch_size`): consecutive prefilled batches are decoded together up to about
     this many rows (a decoding step's fixed part is shared by more rows; prefill is best at ~32 rows).
+    `opening_known`: the openings do not depend on what is read (`opening(i, [])` is asked before the prefill;
+    e.g. the verdict a score chose, as served), so each row's opening is fed in the pass of its own suffix and
+    the logits are read inside that pass at the prompt's end: one pass less, and one row's padding is the
+    spread of suffix plus opening rather than of each (a served slate's two passes 0.79 s -> 0.66 s).
+    `stop_loops`: a row caught in a loop (`looping`) stops there, unended, rather than at its cap.
     """
     import numpy as np
 
@@ -174,7 +182,7 @@ def generate_opened(model, tokenizer, prompts: Sequence[str | Sequence[int]],
         state = _merged([st for _, st in pending])
         rows = [i for r, _ in pending for i in r]
         new_tokens, ended = _decode(model, tokenizer, state, pool_hidden=pool_hidden,
-                                    banned_token_ids=banned_token_ids)
+                                    banned_token_ids=banned_token_ids, stop_loops=stop_loops)
         res = generation_result([tokenizer.decode(t, skip_special_tokens=True) for t in new_tokens],
                                 [len(t) for t in new_tokens], ended)
         for r, (i, h) in enumerate(zip(rows, _pooled(state, len(rows)))):
@@ -189,7 +197,7 @@ def generate_opened(model, tokenizer, prompts: Sequence[str | Sequence[int]],
                                 caps=[caps[i] for i in rows], min_prefix=min_prefix,
                                 first_token_ids=list(first_token_ids),
                                 opening=None if opening is None else (lambda r, logits, rows=rows: opening(rows[r], logits)),
-                                pool_hidden=pool_hidden)
+                                pool_hidden=pool_hidden, opening_known=opening_known)
         for r, i in enumerate(rows):
             openings[i], first[i] = extra["openings"][r], extra["first"][r]
             if read_states:
@@ -272,16 +280,43 @@ def _merged(parts: list[_Decoding]) -> _Decoding:
         h_count=[c for p in parts for c in p.h_count] if pooled else None)
 
 
+LOOP_REPEATS, LOOP_LONGEST = 3, 8
+
+
+def looping(tokens: Sequence[int], repeats: int = LOOP_REPEATS, longest: int = LOOP_LONGEST) -> bool:
+    """Whether the tokens end in one run of 1 to `longest` tokens written `repeats` times in a row.
+
+    Why: a greedy reason that falls into a loop ("a classic, classic, classic, ..." or "the audience of the
+    audience of the ...") never ends its sentence: it runs to the cap, fails the completeness check and is
+    written again anyway, while its slate decodes on for it alone (6 of 160 served rows ran to the cap of 40
+    tokens, every one in such a loop, each ~15 steps of ~40 ms after the rest of its slate had ended)."""
+    for k in range(1, longest + 1):
+        if len(tokens) < repeats * k:
+            break
+        tail = list(tokens[-k:])
+        if all(list(tokens[len(tokens) - (r + 1) * k: len(tokens) - r * k]) == tail for r in range(1, repeats)):
+            return True
+    return False
+
+
 def _stop_ids(model, tokenizer) -> set:
     eos = model.generation_config.eos_token_id
     return {tokenizer.pad_token_id, *(eos if isinstance(eos, list) else [eos if eos is not None else
                                                                        tokenizer.eos_token_id])}
 
 
+def _opening_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    forced = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    if min(len(f) for f in forced) < 1:
+        raise ValueError("every opening needs at least one token")
+    return forced
+
+
 def _prefill(model, tokenizer, encoded, *, groups, caps, do_sample: bool = False, row_seeds=(), min_prefix: int = 8,
              first_token_ids: Sequence[int] | None = None, opening: Callable[[int, list[float]], str] | None = None,
-             pool_hidden: bool = False) -> tuple[_Decoding | None, dict]:
-    """One batch's prefill (shared prefixes once), optionally the first-token logits read and an opening fed.
+             pool_hidden: bool = False, opening_known: bool = False) -> tuple[_Decoding | None, dict]:
+    """One batch's prefill (shared prefixes once), optionally the first-token logits read and an opening fed
+    (in the suffixes' pass when `opening_known`, else in a pass after the reading).
     Returns the batch ready to decode (None for a reading only: nothing to write) and what was read."""
     import torch
     from transformers import DynamicCache
@@ -318,38 +353,47 @@ def _prefill(model, tokenizer, encoded, *, groups, caps, do_sample: bool = False
                  attention_mask=prefix_mask, position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0)[:, glob:])
         cache.reorder_cache(torch.tensor([group_of[i] for i in range(n)], device=dev))  # one cache row per prompt
 
-        # 2. every row's own suffix, left-padded, positions continuing its own prefix
+        # 2. every row's own suffix (and its opening, when known), left-padded, positions continuing its prefix
         suffixes = [encoded[i][p_len[i]:] for i in range(n)]
-        width = max(len(s) for s in suffixes)
-        ids = [[pad] * (width - len(s)) + s for s in suffixes]
-        mask = [prefix_rows[group_of[i]] + [0] * (width - len(s)) + [1] * len(s) for i, s in enumerate(suffixes)]
-        pos = [[0] * (width - len(s)) + list(range(p_len[i], p_len[i] + len(s))) for i, s in enumerate(suffixes)]
+        fed: list[list[int]] = [[] for _ in range(n)]
+        if opening is not None and opening_known:
+            extra["openings"] = [opening(i, []) for i in range(n)]
+            fed = _opening_ids(tokenizer, extra["openings"])
+        rows_ids = [s + f for s, f in zip(suffixes, fed)]
+        width = max(len(s) for s in rows_ids)
+        ids = [[pad] * (width - len(s)) + s for s in rows_ids]
+        mask = [prefix_rows[group_of[i]] + [0] * (width - len(s)) + [1] * len(s) for i, s in enumerate(rows_ids)]
+        pos = [[0] * (width - len(s)) + list(range(p_len[i], p_len[i] + len(s))) for i, s in enumerate(rows_ids)]
         attention = torch.tensor(mask, device=dev)
-        next_pos = torch.tensor([p_len[i] + len(s) for i, s in enumerate(suffixes)], device=dev)
-        logits, h_last = _forward(model, cache_kw, cache, bool(first_token_ids), input_ids=torch.tensor(ids, device=dev),
+        next_pos = torch.tensor([p_len[i] + len(s) for i, s in enumerate(rows_ids)], device=dev)
+        want_hidden = bool(first_token_ids) or (pool_hidden and any(fed))
+        logits, h_last = _forward(model, cache_kw, cache, want_hidden, input_ids=torch.tensor(ids, device=dev),
                                   attention_mask=attention, position_ids=torch.tensor(pos, device=dev))
 
-        # 2b. the logits asked for, then each row's opening fed as forced tokens (right-aligned, padding masked)
+        # 2b. the logits asked for (at the prompt's end), then each row's opening fed as forced tokens
+        # (right-aligned, padding masked) unless it was fed in the suffixes' pass
         if first_token_ids:
             # in float32 from the last hidden state: a bfloat16 model's own logits are too coarse (~0.1 apart near
             # their usual size) for a difference of two of them to be a score
+            at_end = h_last[torch.arange(n, device=dev), torch.tensor([width - 1 - len(f) for f in fed], device=dev)]
             head = model.get_output_embeddings()
             w = head.weight[list(first_token_ids)].float()
-            picked = h_last[:, -1].float() @ w.T
+            picked = at_end.float() @ w.T
             if getattr(head, "bias", None) is not None:
                 picked = picked + head.bias[list(first_token_ids)].float()
             extra["first"] = picked.cpu().tolist()
-            extra["states"] = h_last[:, -1].float().cpu().tolist()
+            extra["states"] = at_end.float().cpu().tolist()
         if max(caps) == 0 and opening is None:  # a reading only: nothing to write
             return None, extra
         gens = [torch.Generator(device=dev).manual_seed(int(s)) for s in row_seeds] if do_sample else []
         state = _Decoding(cache, attention, next_pos, logits, list(caps), gens)
-        if opening is not None:
+        if opening is not None and opening_known:
+            if pool_hidden:
+                state.pool(h_last, [[0] * (width - len(f)) + [1] * len(f) for f in fed], list(range(n)))
+        elif opening is not None:
             texts = [opening(i, extra["first"][i]) for i in range(n)]
             extra["openings"] = texts
-            forced = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-            if min(len(f) for f in forced) < 1:
-                raise ValueError("every opening needs at least one token")
+            forced = _opening_ids(tokenizer, texts)
             f_width = max(len(f) for f in forced)
             f_ids = [[pad] * (f_width - len(f)) + f for f in forced]
             real = [[0] * (f_width - len(f)) + [1] * len(f) for f in forced]
@@ -365,10 +409,10 @@ def _prefill(model, tokenizer, encoded, *, groups, caps, do_sample: bool = False
 
 
 def _decode(model, tokenizer, state: _Decoding, *, do_sample: bool = False, temperature: float = 1.0,
-            pool_hidden: bool = False, banned_token_ids: Sequence[int] | None = None
+            pool_hidden: bool = False, banned_token_ids: Sequence[int] | None = None, stop_loops: bool = False
             ) -> tuple[list[list[int]], list[bool]]:
-    """Decode a prefilled batch; a row leaves it once it has ended a sentence, emitted eos, or hit its cap.
-    Returns each row's new tokens and whether it ended."""
+    """Decode a prefilled batch; a row leaves it once it has ended a sentence, emitted eos, or hit its cap (or,
+    with `stop_loops`, is looping). Returns each row's new tokens and whether it ended."""
     import torch
 
     n, dev, cache_kw, stop_ids = len(state.caps), model.device, cache_kwarg(model), _stop_ids(model, tokenizer)
@@ -395,7 +439,7 @@ def _decode(model, tokenizer, state: _Decoding, *, do_sample: bool = False, temp
                 new_tokens[i].append(tok)
                 if sentence_end(tokenizer.decode(new_tokens[i], skip_special_tokens=True), final=False) is not None:
                     ended[i] = True
-                elif len(new_tokens[i]) < state.caps[i]:
+                elif len(new_tokens[i]) < state.caps[i] and not (stop_loops and looping(new_tokens[i])):
                     keep.append(r)
             if not keep:
                 break
@@ -424,7 +468,7 @@ def _pooled(state: _Decoding | None, n: int) -> list:
 def _generate(model, tokenizer, prompts, *, groups, max_new_tokens, do_sample: bool = False, temperature: float = 1.0,
               seed: int = 0, seeds=None, min_prefix: int = 8, first_token_ids: Sequence[int] | None = None,
               opening: Callable[[int, list[float]], str] | None = None, pool_hidden: bool = False,
-              banned_token_ids: Sequence[int] | None = None):
+              banned_token_ids: Sequence[int] | None = None, stop_loops: bool = False):
     """One batch: prefill (shared prefixes once), optionally read first-token logits and feed an opening, decode."""
     n = len(prompts)
     if n == 0:
@@ -440,7 +484,7 @@ def _generate(model, tokenizer, prompts, *, groups, max_new_tokens, do_sample: b
     if state is None:
         return generation_result([""] * n, [0] * n, [True] * n), extra
     new_tokens, ended = _decode(model, tokenizer, state, do_sample=do_sample, temperature=temperature,
-                                pool_hidden=pool_hidden, banned_token_ids=banned_token_ids)
+                                pool_hidden=pool_hidden, banned_token_ids=banned_token_ids, stop_loops=stop_loops)
     if pool_hidden:
         extra["hidden"] = _pooled(state, n)
     raw = [tokenizer.decode(t, skip_special_tokens=True) for t in new_tokens]

@@ -4,9 +4,9 @@ Why processes: a 2-core CPU runs the LLM's inference faster as two one-thread pr
 the prompts, than as one process with two threads. The matmuls scale well over threads (1.7x), the rest does
 not: decoding is a loop of small steps (a step's fixed part is Python and ~30 layers of small ops), and prompts
 are built, batched and checked in Python. Measured on this stack (round-3 adapter, alternated, nothing else
-running): 192 test explanations 43.0 s in one process of 2 threads, 34.6 s as two of one; 400 verdict
-readings 38.4 -> 33.9 s; 240 judge readings 13.8 s -> 12.0 s (per 120). Python threads in one process gained
-6 % (the GIL).
+running; `bench/side_by_side.py`, bench/results/side_by_side.json): 192 test explanations 40.1 s in one
+process of 2 threads, 33.6 s as two of one; 400 verdict readings 35.4 -> 31.4 s. Before building it, ad hoc:
+240 judge readings 13.8 -> 12.0 s; Python threads in one process gained 6 % (the GIL).
 
 The calling process runs the first part with the model it holds; every other part goes to a spawned worker,
 which loads the model it is asked for once (`ModelLoader`: a picklable description; a worker keeps each model
@@ -100,7 +100,8 @@ class SideBySide:
     the context is. With one process nothing is spawned and `run` calls `fn` on the whole input here.
 
         with SideBySide(2, threads=1) as pool:
-            parts = pool.run(fn, [part_a, part_b], model, tokenizer, loader)  # fn(model, tokenizer, part)
+            ranges = pool.ranges(user_of_row)  # [(0, 7), (7, 12)]: one per process, a user's rows in one
+            parts = pool.run(fn, [rows[a:b] for a, b in ranges], model, tokenizer, loader)  # fn(model, tok, part)
     """
 
     def __init__(self, processes: int, threads: int):
@@ -115,6 +116,12 @@ class SideBySide:
     @property
     def active(self) -> bool:
         return self._pool is not None
+
+    def ranges(self, labels: Sequence[Any]) -> list[tuple[int, int]]:
+        """[start, stop) ranges of `labels`' rows, one part per process (`cut_points`: never between equal
+        neighbouring labels); the whole as one range while no worker is open, so the caller runs it in place."""
+        cuts = cut_points(labels, self.processes) if self.active else []
+        return list(zip([0, *cuts], [*cuts, len(labels)], strict=True))
 
     def __enter__(self):
         if self.processes > 1:  # started now: the workers import while this process goes on

@@ -144,16 +144,20 @@ class Explainer:
         res = generate_shared_prefix(model, tok, prompts, groups=groups,
                                      max_new_tokens=caps or [self.limits.max_new_tokens] * len(prompts),
                                      do_sample=sample, temperature=RETRY_TEMPERATURE, seeds=seeds,
-                                     banned_token_ids=self.banned_ids)
+                                     banned_token_ids=self.banned_ids, stop_loops=True)
         return [finished_text(raw, opening, done) for raw, opening, done in zip(res.raw_texts, openings, res.complete)]
 
     def _first_try(self, served: list, groups: list) -> tuple[list[str], list[float]]:
-        """The greedy first try of a batch: each row's shipped text and the verdict logit read at its opening."""
+        """The greedy first try of a batch: each row's shipped text and the verdict logit read at its opening.
+        The opening is chosen by the score, not by what is read, so it is fed in the pass of the row's own
+        suffix (`opening_known`); a row caught in a loop stops there (`stop_loops`: it would run to the cap,
+        fail the completeness check and be written again anyway)."""
         model, tok = self.model
         vt = verdict_token_ids(tok)
         first = generate_opened(model, tok, [s.ids for s in served], lambda i, _: served[i].continuation,
                                 [vt.positive, vt.negative], groups=groups, max_new_tokens=self.limits.max_new_tokens,
-                                batch_size=len(served), banned_token_ids=self.banned_ids)
+                                batch_size=len(served), banned_token_ids=self.banned_ids, opening_known=True,
+                                stop_loops=True)
         texts = [finished_text(raw, s.opening, done)
                  for raw, s, done in zip(first.generation.raw_texts, served, first.generation.complete)]
         return texts, [float(lg[0] - lg[1]) for lg in first.first_logits]
