@@ -1,6 +1,6 @@
 """Where one uncached explained slate's seconds go, forward pass by forward pass (in process, no server).
 
-Usage:  .venv/bin/python bench/slate_passes.py [--users 8] [--model expctr_pair:latest]
+Usage:  .venv/bin/python bench/slate_passes.py [--users 8] [--model expctr_pair:latest] [--compare-levers]
 Needs a packaged pair (`dvc repro bento`). Sends the opening benchmark's seeded requests (--users known users
 x 10 catalogue items outside their history, `explain: true`, the served settings, the explanation cache
 emptied before each) through `ModelPair.predict`, and records every forward pass of the explainer by its
@@ -16,6 +16,12 @@ output projection makes its input contiguous. Why: transformers applies the head
 bfloat16 linear on that view ~90x slower than on a contiguous copy (the same values: the logits are
 bit-identical). A micro-benchmark of that projection (49,152 x 576, as SmolLM2's) on a strided and a
 contiguous input, per dtype and batch, comes first.
+
+`--compare-levers` measures the served path's two generation levers against the path before them: each slate
+is sent as served (the known opening fed in its suffix's pass, `opening_known`; a row of the first try stopped
+once it loops, `stop_loops`) and with both off (the opening in a pass of its own; a loop runs to the cap), the order
+alternating from slate to slate, the cache emptied before each; it reports both p50s and means, the paired
+difference and the regenerated rows (bench/results/served_levers.json).
 
 It wraps the generator's private `_forward` to see each pass; run it alone (one heavy process at a time).
 Results: bench/results/slate_passes.json, or slate_passes_contiguous_head.json (written atomically).
@@ -84,6 +90,49 @@ def contiguous_head(model) -> None:
     model.get_output_embeddings().register_forward_pre_hook(lambda _module, args: (args[0].contiguous(),))
 
 
+def compare_levers(args) -> int:
+    """Each slate as served and without the two levers, alternated; paired seconds."""
+    import bentoml
+
+    from expctr.config import ServingParams
+    from expctr.serving import explaining
+    from expctr.serving.bundle import read_manifest
+    from expctr.serving.predictor import ModelPair
+    from expctr.serving.schemas import PredictRequest
+
+    bundle = Path(bentoml.models.get(args.model).path)
+    pair = ModelPair(bundle, limits=ServingParams.model_validate(read_manifest(bundle).get("serving", {})))
+    pair.load_explainer()
+    served = explaining.generate_opened
+
+    def before(*a, **kw):
+        return served(*a, **{**kw, "opening_known": False, "stop_loops": False})
+
+    seconds: dict[str, list[float]] = {"served": [], "before": []}
+    regenerated = {"served": 0, "before": 0}
+    for k, (user_id, candidates) in enumerate(opening_bench.requests(bundle, args.users, args.seed)):
+        for how in (("served", "before") if k % 2 == 0 else ("before", "served")):
+            explaining.generate_opened = served if how == "served" else before
+            pair.cache._data.clear()
+            t = time.perf_counter()
+            resp = pair.predict(PredictRequest(user_id=user_id, candidates=candidates, explain=True))
+            seconds[how].append(time.perf_counter() - t)
+            regenerated[how] += sum(it.regenerated for it in resp.items)
+        print(k, {h: round(v[-1], 3) for h, v in seconds.items()}, flush=True)
+    explaining.generate_opened = served
+    diff = [a - b for a, b in zip(seconds["served"], seconds["before"])]
+    res = {"command": f"bench/slate_passes.py --compare-levers --users {args.users}", "model": args.model,
+           "requests": len(diff), "candidates": 10, "order": "alternated slate by slate",
+           "p50_s": {h: round(statistics.median(v), 3) for h, v in seconds.items()},
+           "mean_s": {h: round(statistics.mean(v), 3) for h, v in seconds.items()},
+           "mean_paired_difference_s": round(statistics.mean(diff), 3),
+           "slates_faster_as_served": sum(d < 0 for d in diff), "regenerated_rows": regenerated,
+           "seconds": {h: [round(x, 3) for x in v] for h, v in seconds.items()}}
+    write_json(args.out or ROOT / "bench" / "results" / "served_levers.json", res)
+    print(json.dumps({k: v for k, v in res.items() if k != "seconds"}, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="expctr_pair:latest", help="BentoML model tag of the packaged pair")
@@ -93,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="measure with the explainer's output projection reading a contiguous input")
     ap.add_argument("--out", type=Path, default=None,
                     help="default: bench/results/slate_passes.json (slate_passes_contiguous_head.json with the lever)")
+    ap.add_argument("--compare-levers", action="store_true",
+                    help="alternate each slate as served and without opening_known / stop_loops")
     ap.add_argument("--micro-only", action="store_true",
                     help="only the output-projection micro-benchmark (bench/results/output_projection.json)")
     args = ap.parse_args(argv)
@@ -101,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.out or ROOT / "bench" / "results" / "output_projection.json", res)
         print(json.dumps(res, indent=2))
         return 0
+    if args.compare_levers:
+        return compare_levers(args)
     if args.out is None:
         name = "slate_passes_contiguous_head.json" if args.contiguous_head else "slate_passes.json"
         args.out = ROOT / "bench" / "results" / name
