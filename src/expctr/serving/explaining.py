@@ -7,7 +7,7 @@ its prefill also gives the explainer's own verdict logit (read where training re
 facts, which ExpCTR-Aug reads beside the sentence (`expctr.serving.aug_scoring`). Each text is
 checked (`expctr.serving.checks`: one complete sentence, only the pair's titles, a grounded reason); one that
 fails is written again once (sampled; twice the token cap if it was cut) and the better try is kept with its
-flags. Texts are cached, identical ones in flight coalesced and concurrent cold requests share generation
+flags (more checks passed; on a tie, a finished sentence). Texts are cached, identical ones in flight coalesced and concurrent cold requests share generation
 batches (`expctr.serving.batcher`).
 """
 
@@ -188,7 +188,9 @@ class Explainer:
                                 [reqs[j].seed for j in bad], sample=True, caps=caps)
             for j, text in zip(bad, again):
                 c = check_explanation(text, served[j].history, targets[j], self.title_index)
-                if c.score > checks[j].score:  # the better try; the first one on a tie
+                # the better try; on a tie the finished sentence (a first try stopped in a loop is unfinished),
+                # else the first one
+                if (c.score, c.complete) > (checks[j].score, checks[j].complete):
                     texts[j], checks[j] = text, c
         emb = self._embed(texts)
         return [Explained(texts[j], reqs[j].positive, c.faithful, c.grounded, c.complete, j in bad,
