@@ -17,11 +17,10 @@ bfloat16 linear on that view ~90x slower than on a contiguous copy (the same val
 bit-identical). A micro-benchmark of that projection (49,152 x 576, as SmolLM2's) on a strided and a
 contiguous input, per dtype and batch, comes first.
 
-`--compare-levers` measures the served path's two generation levers against the path before them: each slate
-is sent as served (the known opening fed in its suffix's pass, `opening_known`; a row of the first try stopped
-once it loops, `stop_loops`) and with both off (the opening in a pass of its own; a loop runs to the cap), the order
-alternating from slate to slate, the cache emptied before each; it reports both p50s and means, the paired
-difference and the regenerated rows (bench/results/served_levers.json).
+`--compare-levers` measures the served path's generation lever against the path before it: each slate is sent
+as served (the known opening fed in its suffix's pass, `opening_known`) and with it off (the opening in a pass of
+its own), the order alternating from slate to slate, the cache emptied before each; it reports both p50s and
+means, the paired difference and the regenerated rows (bench/results/served_levers.json).
 
 It wraps the generator's private `_forward` to see each pass; run it alone (one heavy process at a time).
 Results: bench/results/slate_passes.json, or slate_passes_contiguous_head.json (written atomically).
@@ -106,7 +105,7 @@ def compare_levers(args) -> int:
     served = explaining.generate_opened
 
     def before(*a, **kw):
-        return served(*a, **{**kw, "opening_known": False, "stop_loops": False})
+        return served(*a, **{**kw, "opening_known": False})
 
     seconds: dict[str, list[float]] = {"served": [], "before": []}
     regenerated = {"served": 0, "before": 0}
@@ -143,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None,
                     help="default: bench/results/slate_passes.json (slate_passes_contiguous_head.json with the lever)")
     ap.add_argument("--compare-levers", action="store_true",
-                    help="alternate each slate as served and without opening_known / stop_loops")
+                    help="alternate each slate as served and without opening_known")
     ap.add_argument("--micro-only", action="store_true",
                     help="only the output-projection micro-benchmark (bench/results/output_projection.json)")
     args = ap.parse_args(argv)

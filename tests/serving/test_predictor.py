@@ -252,7 +252,7 @@ def test_a_failing_explanation_is_regenerated_once_then_flagged(model_pair, monk
     user = p.resolve_user(PredictRequest(user_id=uid, candidates=[p.item_ids[0]]))
     seen = {r for r, _ in user.history}
     outsider = next(i for i in range(len(p.items)) if i not in seen and len(p.items[i].title.split()) >= 3)
-    targets = [i for i in range(200, 400) if i not in seen and i != outsider][:5]
+    targets = [i for i in range(200, 400) if i not in seen and i != outsider][:4]
     named = p.items[user.history[-1][0]].title  # the most recent history item: always in the prompt
     invented = 'because it is like "The Shawshiels".'
     script = {  # target -> (first try, retry)
@@ -260,35 +260,30 @@ def test_a_failing_explanation_is_regenerated_once_then_flagged(model_pair, monk
         targets[1]: ("because of its similarity to the Liked ones.", f'because the user rated "{named}".'),
         targets[2]: (f'because the user rated "{named}" and its blend of action,', f'because of "{named}".'),
         targets[3]: (f'because the user rated "{named}".', None),
-        # cut (a loop stopped, or the cap) but grounded, then finished but generic: a tie on the checks passed,
-        # and the finished sentence is the one served
-        targets[4]: (f'because the user rated "{named}", a classic, classic, classic,', "because it is a fine film."),
     }
-    failing = [t for t in targets if script[t][1] is not None]
     calls = []
 
     def first_try(served, groups):  # one request's batch keeps its order
         calls.append((False, len(served)))
         return [f"{s.opening} it {script[row][0]}" for row, s in zip(targets, served)], [0.0] * len(served)
 
-    def retry(prompts, openings, groups, seeds, sample, caps=None):  # all but the fourth fail
+    def retry(prompts, openings, groups, seeds, sample, caps=None):  # the first three fail
         calls.append((sample, len(prompts)))
-        return [f"{opening} it {script[row][1]}" for row, opening in zip(failing, openings, strict=True)]
+        return [f"{opening} it {script[row][1]}" for row, opening in zip(targets[:3], openings)]
 
     monkeypatch.setattr(p.explainer, "_first_try", first_try)
     monkeypatch.setattr(p.explainer, "_write", retry)
     # the bare verdict opening: an anchored one names a history item itself, so the scripted reasons would pass
     monkeypatch.setattr(p.explainer, "limits", p.explainer.limits.model_copy(update={"reason_opening": "verdict"}))
     p.cache._data.clear()
-    out = p.explanations(user, targets, [True, False, True, False, True])
-    assert calls == [(False, 5), (True, 4)]
+    out = p.explanations(user, targets, [True, False, True, False])
+    assert calls == [(False, 4), (True, 3)]
     got = [(e.faithful, e.grounded, e.complete, e.regenerated) for e in out]
     assert got[0] == (False, False, True, True)  # invented title, then a catalogue title outside the pair
     assert got[1] == (True, True, True, True) and named in out[1].text
     assert got[2] == (True, True, True, True) and out[2].text.endswith(f'"{named}".')
     assert got[3] == (True, True, True, False)
-    assert got[4] == (True, False, True, True) and out[4].text.endswith("a fine film.")
-    assert [e.positive for e in out] == [True, False, True, False, True]
+    assert [e.positive for e in out] == [True, False, True, False]
 
 
 def test_identical_concurrent_cold_requests_run_the_explainer_once(model_pair, monkeypatch):

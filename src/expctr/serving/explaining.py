@@ -7,7 +7,7 @@ its prefill also gives the explainer's own verdict logit (read where training re
 facts, which ExpCTR-Aug reads beside the sentence (`expctr.serving.aug_scoring`). Each text is
 checked (`expctr.serving.checks`: one complete sentence, only the pair's titles, a grounded reason); one that
 fails is written again once (sampled; twice the token cap if it was cut) and the better try is kept with its
-flags (more checks passed; on a tie, a finished sentence). Texts are cached, identical ones in flight coalesced and concurrent cold requests share generation
+flags. Texts are cached, identical ones in flight coalesced and concurrent cold requests share generation
 batches (`expctr.serving.batcher`).
 """
 
@@ -150,16 +150,14 @@ class Explainer:
     def _first_try(self, served: list, groups: list) -> tuple[list[str], list[float]]:
         """The greedy first try of a batch: each row's shipped text and the verdict logit read at its opening.
         The opening is chosen by the score, not by what is read, so it is fed in the pass of the row's own
-        suffix (`opening_known`); a row caught in a loop stops there (`stop_loops`: it would run to the cap,
-        fail the completeness check and be written again anyway). The retry (`_write`) is the last try, so it
-        runs to its cap: a sampled loop may still end its sentence (with loops stopped there too, 1 of 1,200
-        trust-bench sentences was served unfinished)."""
+        suffix (`opening_known`). A row caught in a loop runs on to the cap: stopping it there (`stop_loops`)
+        shortened slates with a retry but changed which try was served (1 of 1,200 trust-bench sentences
+        unfinished, or, keeping the finished try on a tie, 1 with an invented title)."""
         model, tok = self.model
         vt = verdict_token_ids(tok)
         first = generate_opened(model, tok, [s.ids for s in served], lambda i, _: served[i].continuation,
                                 [vt.positive, vt.negative], groups=groups, max_new_tokens=self.limits.max_new_tokens,
-                                batch_size=len(served), banned_token_ids=self.banned_ids, opening_known=True,
-                                stop_loops=True)
+                                batch_size=len(served), banned_token_ids=self.banned_ids, opening_known=True)
         texts = [finished_text(raw, s.opening, done)
                  for raw, s, done in zip(first.generation.raw_texts, served, first.generation.complete)]
         return texts, [float(lg[0] - lg[1]) for lg in first.first_logits]
@@ -188,9 +186,7 @@ class Explainer:
                                 [reqs[j].seed for j in bad], sample=True, caps=caps)
             for j, text in zip(bad, again):
                 c = check_explanation(text, served[j].history, targets[j], self.title_index)
-                # the better try; on a tie the finished sentence (a first try stopped in a loop is unfinished),
-                # else the first one
-                if (c.score, c.complete) > (checks[j].score, checks[j].complete):
+                if c.score > checks[j].score:  # the better try; the first one on a tie
                     texts[j], checks[j] = text, c
         emb = self._embed(texts)
         return [Explained(texts[j], reqs[j].positive, c.faithful, c.grounded, c.complete, j in bad,
